@@ -1,0 +1,90 @@
+"""Shared pieces of every experiment config. Each experiment's get_config() starts from
+base_config() and changes what it needs; every field here can be overridden on the command line
+(`--config.loss.cross_weight=0.1`), and configs are locked, so a misspelt field is an error."""
+
+import ml_collections
+
+# CLIP's: no weight decay on LayerNorm parameters, biases, the logit scale, position embeddings and
+# the class token (paths look like "image/encoder/block_0/ln_1/scale").
+NO_DECAY_REGEX = r".*(bias|scale|logit_scale|pos_embedding|cls)$"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 64  # global, over all devices and processes
+  c.image_size = 64
+  c.context_length = 32
+  c.log_every_steps = 20
+  c.eval_every_steps = 500
+  c.eval_batch_size = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (rankclip_jax.models.SIZES)
+  c.model.act = "gelu"  # gelu | gelu_tanh | quick_gelu
+  c.model.pool = "cls"  # cls | gap
+  c.model.remat = False
+  c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "rankclip"  # rankclip (with both weights 0: plain CLIP)
+  c.loss.cross_weight = 1 / 16  # RankCLIP's cross-modal ranking weight (authors: r(t) / 16)
+  c.loss.inmodal_weight = 1 / 16  # in-modal ranking weight
+  c.loss.weight_schedule = "ramp"  # ramp: weight * clip(3 * step / total_steps, 0, 2) | constant
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 5e-4
+  c.optim.warmup_steps = 100
+  c.optim.final_lr_fraction = 0.0
+  c.optim.betas = (0.9, 0.999)
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.optim.no_decay_regex = NO_DECAY_REGEX
+  c.optim.grad_clip_norm = 0.0  # 0: no clipping
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axis
+  c.mesh.fsdp = 1
+
+  c.sharding = ml_collections.ConfigDict()
+  # (regex over parameter paths, policy) pairs, first match wins; policy "replicate" or "fsdp"
+  # (split the largest divisible dimension over the fsdp mesh axis). Unmatched: replicated.
+  c.sharding.rules = ((".*", "replicate"),)
+  c.sharding.fsdp_min_size = 2 ** 14  # arrays smaller than this stay replicated under "fsdp"
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 200
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = synthetic_source(split="train", num_records=1_000_000)
+  c.data.worker_count = 0  # grain worker processes (0: read in the main process with threads)
+  c.data.num_threads = 4
+
+  c.evals = synthetic_evals()
+  return c
+
+
+def synthetic_source(*, split: str, num_records: int, min_objects: int = 1, max_objects: int = 3,
+                     caption_mode: str = "random") -> ml_collections.ConfigDict:
+  """The embedded procedurally generated scenes (rankclip_jax.data.synthetic)."""
+  return ml_collections.ConfigDict(dict(
+      kind="synthetic", split=split, num_records=num_records, min_objects=min_objects,
+      max_objects=max_objects, caption_mode=caption_mode))
+
+
+def synthetic_evals(num_examples: int = 512) -> ml_collections.ConfigDict:
+  """Zero-shot shape / colour / count / unseen shape-colour combination, and retrieval."""
+  def zero_shot(task, split="test", min_objects=1, max_objects=1):
+    return dict(kind="zero_shot", task=task, split=split, min_objects=min_objects,
+                max_objects=max_objects, num_examples=num_examples, seed=0)
+  return ml_collections.ConfigDict(dict(
+      zs_shape=zero_shot("shape"),
+      zs_colour=zero_shot("colour"),
+      zs_count=zero_shot("count", max_objects=3),
+      zs_heldout_combo=zero_shot("combo", split="held_out"),
+      retrieval=dict(kind="retrieval", split="test", min_objects=1, max_objects=3,
+                     num_examples=num_examples, seed=0),
+  ))

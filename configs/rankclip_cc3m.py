@@ -1,0 +1,48 @@
+"""RankCLIP, ViT-B/32, on Conceptual Captions 3M: the authors' recipe (shared METHOD.md).
+
+Data it expects: CC3M as webdataset tar shards written by img2dataset (`{key}.jpg` + `{key}.txt`
+[+ `{key}.json`] per example), e.g.
+  --config.data.train.path='/data/cc3m/{00000..00331}.tar'
+The tar-shard and CSV readers are the next piece of work (see the README, "Real data"); until they
+land, this config parses and validates everything else, and stops before training with a message
+saying so.
+
+Recipe: AdamW lr 5e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.1 (none on norms, biases,
+logit_scale), 10k warmup steps then cosine, batch 128, 64 epochs of CC3M (~2.87M pairs), 224 px,
+CLIP BPE tokenizer with context 77, ranking weights r(t)/16 with the ramp schedule.
+"""
+
+import ml_collections
+
+from configs import common
+
+CC3M_TRAIN_PAIRS = 2_870_000  # what img2dataset typically retrieves of the 3.3M URLs
+EPOCHS = 64
+
+
+def get_config():
+  c = common.base_config()
+  c.batch_size = 128
+  c.total_steps = EPOCHS * CC3M_TRAIN_PAIRS // c.batch_size
+  c.image_size = 224
+  c.context_length = 77
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.model.size = "B/32"
+  c.loss.cross_weight = 1 / 16
+  c.loss.inmodal_weight = 1 / 16
+  c.loss.weight_schedule = "ramp"
+  c.optim.learning_rate = 5e-4
+  c.optim.warmup_steps = 10_000
+  c.optim.betas = (0.9, 0.999)
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.checkpoint.every_steps = 5000
+  c.data.train = ml_collections.ConfigDict(dict(
+      kind="webdataset",
+      path="",  # required: brace pattern or list of img2dataset tar shards
+      image_key="jpg",
+      caption_key="txt",
+  ))
+  c.data.worker_count = 8
+  return c

@@ -1,0 +1,29 @@
+"""Train and evaluate a RankCLIP (or CLIP) model.
+
+  python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo \
+      --config.total_steps=2000 --config.loss.cross_weight=0.1
+
+Running the same command again resumes from the last checkpoint in --workdir.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rankclip_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py); override fields with "
+    "--config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

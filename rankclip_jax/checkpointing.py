@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the train state, the input pipeline's position and the run's config.
+
+Layout: <workdir>/checkpoints/<step>/{state, data, config}. Orbax writes each checkpoint into a
+temporary directory and renames it only once complete, so an interrupted save never leaves a torn
+checkpoint behind: at restore the latest *finished* step is used and leftovers are cleaned up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+STATE, DATA, CONFIG = "state", "data", "config"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+class Checkpointer:
+  """Periodic + final saves, keep the last `keep`, automatic resume."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+    if every_steps <= 0:
+      raise ValueError(f"config.checkpoint.every_steps={every_steps} must be > 0.")
+    if keep <= 0:
+      raise ValueError(f"config.checkpoint.keep={keep} must be > 0.")
+    self.directory = epath.Path(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every_steps, create=True,
+            cleanup_tmp_directories=True, enable_async_checkpointing=async_save),
+        item_handlers={
+            STATE: ocp.StandardCheckpointHandler(),
+            DATA: grain.checkpoint.CheckpointHandler(),
+            CONFIG: ocp.JsonCheckpointHandler(),
+        })
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_iterator=None, config_dict: Optional[dict] = None,
+           *, force: bool = False) -> bool:
+    """Saves if `step` is due (every_steps) or `force`; returns whether a save started."""
+    items = {STATE: ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    if config_dict is not None:
+      items[CONFIG] = ocp.args.JsonSave(config_dict)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state: Any, data_iterator=None, step: Optional[int] = None):
+    """Restores `step` (default: latest) into arrays with the shardings of `abstract_state`.
+
+    `abstract_state` is a tree of jax.ShapeDtypeStruct carrying the target shardings; the data
+    iterator, if given, is moved to its saved position in place. Returns (step, state) or None when
+    there is nothing to resume from.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return step, restored[STATE]
+
+  def restore_config(self, step: Optional[int] = None) -> dict:
+    step = self.latest_step() if step is None else step
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    return restored[CONFIG]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+  """ShapeDtypeStructs of `tree` (arrays or abstract values) carrying the given shardings."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

@@ -1,0 +1,73 @@
+"""Checks a config before any work starts, with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import jax
+
+from rankclip_jax.models.two_towers import SIZES
+
+LOSSES = ("rankclip",)
+WEIGHT_SCHEDULES = ("ramp", "constant")
+SOURCE_KINDS = ("synthetic",)
+EVAL_KINDS = ("zero_shot", "retrieval")
+ZERO_SHOT_TASKS = ("shape", "colour", "count", "combo")
+
+
+class ConfigError(ValueError):
+  """A config field has a value that cannot work; the message names the field and the fix."""
+
+
+def _require(cond: bool, msg: str):
+  if not cond:
+    raise ConfigError(msg)
+
+
+def validate_config(config, *, num_devices: int | None = None,
+                    process_count: int | None = None) -> None:
+  c = config
+  n = jax.device_count() if num_devices is None else num_devices
+  p = jax.process_count() if process_count is None else process_count
+  _require(c.total_steps > 0, f"config.total_steps={c.total_steps} must be > 0.")
+  _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be > 0.")
+  _require(c.batch_size % n == 0,
+           f"config.batch_size={c.batch_size} (global) must be divisible by the {n} devices; "
+           f"e.g. --config.batch_size={max(n, c.batch_size // n * n)}.")
+  _require(c.batch_size % p == 0,
+           f"config.batch_size={c.batch_size} must be divisible by the {p} processes.")
+  for field in ("log_every_steps", "eval_every_steps", "eval_batch_size"):
+    _require(c[field] > 0, f"config.{field}={c[field]} must be > 0.")
+  _require(c.model.size in SIZES,
+           f"config.model.size={c.model.size!r} is not a known size; choose one of {sorted(SIZES)}.")
+  patch = SIZES[c.model.size].patch_size
+  _require(c.image_size % patch == 0,
+           f"config.image_size={c.image_size} must be a multiple of the patch size {patch} of "
+           f"model size {c.model.size!r}.")
+  _require(c.context_length >= 3, f"config.context_length={c.context_length} must be >= 3.")
+  _require(c.loss.name in LOSSES, f"config.loss.name={c.loss.name!r}; choose one of {LOSSES}.")
+  for w in ("cross_weight", "inmodal_weight"):
+    _require(c.loss[w] >= 0, f"config.loss.{w}={c.loss[w]} must be >= 0 (0 switches it off).")
+  _require(c.loss.weight_schedule in WEIGHT_SCHEDULES,
+           f"config.loss.weight_schedule={c.loss.weight_schedule!r}; choose one of "
+           f"{WEIGHT_SCHEDULES}.")
+  _require(0 <= c.optim.warmup_steps <= c.total_steps,
+           f"config.optim.warmup_steps={c.optim.warmup_steps} must be in "
+           f"[0, config.total_steps={c.total_steps}].")
+  _require(c.optim.learning_rate > 0,
+           f"config.optim.learning_rate={c.optim.learning_rate} must be > 0.")
+  _require(len(c.optim.betas) == 2,
+           f"config.optim.betas={c.optim.betas} must be a pair, e.g. (0.9, 0.999).")
+  _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
+           "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
+  train = c.data.train
+  if train.kind not in SOURCE_KINDS:
+    raise ConfigError(
+        f"config.data.train.kind={train.kind!r} is not available in this version; choose one of "
+        f"{SOURCE_KINDS}. Readers for webdataset tar shards and CSV/TSV files (CC3M/CC12M as "
+        "written by img2dataset) are the next piece of work; see the README's 'Real data' section.")
+  for name, ev in c.evals.items():
+    _require(ev.kind in EVAL_KINDS, f"config.evals.{name}.kind={ev.kind!r}; choose one of "
+             f"{EVAL_KINDS}.")
+    if ev.kind == "zero_shot":
+      _require(ev.task in ZERO_SHOT_TASKS, f"config.evals.{name}.task={ev.task!r}; choose one of "
+               f"{ZERO_SHOT_TASKS}.")
+    _require(ev.num_examples > 0, f"config.evals.{name}.num_examples must be > 0.")

@@ -1,0 +1,59 @@
+"""The CLIP BPE tokenizer (standard CLIP ids: <start_of_text>=49406, <end_of_text>=49407).
+
+Backed by `instant-clip-tokenizer`, which carries the CLIP vocabulary inside the wheel, so nothing is
+downloaded at run time. Truncation keeps the end-of-text token, which the text tower pools at.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+VOCAB_SIZE = 49408
+SOT_ID = 49406
+EOT_ID = 49407
+PAD_ID = 0
+
+
+class ClipTokenizer:
+  """Texts -> int32 [N, context_length] token ids, padded with 0, always ending in EOT.
+
+  The underlying Rust tokenizer is created lazily so that the object pickles cheaply into grain
+  worker processes.
+  """
+
+  vocab_size = VOCAB_SIZE
+  sot_id = SOT_ID
+  eot_id = EOT_ID
+  pad_id = PAD_ID
+
+  def __init__(self, context_length: int = 77):
+    if context_length < 3:
+      raise ValueError(
+          f"context_length={context_length} is too short: it must hold <start>, one token and <end>.")
+    self.context_length = context_length
+    self._impl = None
+
+  def _tokenizer(self):
+    if self._impl is None:
+      import instant_clip_tokenizer  # pylint: disable=g-import-not-at-top
+      self._impl = instant_clip_tokenizer.Tokenizer()
+    return self._impl
+
+  def __getstate__(self):
+    return {"context_length": self.context_length}
+
+  def __setstate__(self, state):
+    self.context_length = state["context_length"]
+    self._impl = None
+
+  def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
+    if isinstance(texts, str):
+      texts = [texts]
+    ids = self._tokenizer().tokenize_batch(list(texts), context_length=self.context_length)
+    return np.asarray(ids, dtype=np.int32)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    keep = [int(i) for i in ids if int(i) not in (SOT_ID, EOT_ID, PAD_ID)]
+    return self._tokenizer().decode(keep).strip()

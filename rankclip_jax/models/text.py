@@ -1,0 +1,55 @@
+"""Causal transformer text tower, CLIP layout.
+
+token + learned position embedding -> pre-LN encoder with a causal mask -> ln_final -> the feature at
+the end-of-text token -> linear projection (no bias) to the shared embedding width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rankclip_jax.models.transformer import Encoder
+
+Dtype = Any
+
+
+class TextTransformer(nn.Module):
+  vocab_size: int
+  context_length: int
+  width: int
+  depth: int
+  num_heads: int
+  embed_dim: int
+  eot_id: int
+  mlp_ratio: float = 4.0
+  act: str = "gelu"
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    """tokens: int [B, L] with L <= context_length -> features [B, embed_dim] (not normalised)."""
+    if tokens.ndim != 2:
+      raise ValueError(f"TextTransformer expects tokens [B, L], got {tokens.shape}.")
+    length = tokens.shape[1]
+    if length > self.context_length:
+      raise ValueError(
+          f"Token sequences have length {length} > context_length={self.context_length}.")
+    x = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
+                 name="token_embedding")(tokens).astype(self.dtype)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.01),
+                     (self.context_length, self.width))
+    x = x + pos[:length].astype(self.dtype)
+    mask = nn.make_causal_mask(tokens)
+    x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
+                remat=self.remat, dtype=self.dtype, name="encoder")(x, mask)
+    x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+    # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
+    # none (hand-made input) falls back to the last position.
+    is_eot = tokens == self.eot_id
+    eot_pos = jnp.where(is_eot.any(axis=-1), jnp.argmax(is_eot, axis=-1), length - 1)
+    pooled = jnp.take_along_axis(x, eot_pos[:, None, None], axis=1)[:, 0]
+    return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)

@@ -1,0 +1,113 @@
+"""The two-tower CLIP model: image tower, text tower, and one learnable logit scale.
+
+`TwoTowers.__call__` returns L2-normalised image and text embeddings and the (clamped) logit scale;
+the loss is computed outside the model (rankclip_jax.losses), from those arrays alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rankclip_jax.data.tokenizer import EOT_ID, VOCAB_SIZE
+from rankclip_jax.models.text import TextTransformer
+from rankclip_jax.models.vit import VisionTransformer
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerSizes:
+  patch_size: int
+  image_width: int
+  image_depth: int
+  image_heads: int
+  text_width: int
+  text_depth: int
+  text_heads: int
+  embed_dim: int
+
+
+# Named sizes. B/32, B/16 and L/14 are CLIP's (text tower: 12 layers, width 512, 8 heads for B;
+# 768/12 for L). "micro" is for unit tests, "tiny" for the CPU demo.
+SIZES: dict[str, TowerSizes] = {
+    "micro": TowerSizes(8, 32, 2, 2, 32, 2, 2, 32),
+    "tiny": TowerSizes(8, 128, 4, 4, 128, 4, 4, 128),
+    "S/16": TowerSizes(16, 384, 12, 6, 384, 12, 6, 384),
+    "B/32": TowerSizes(32, 768, 12, 12, 512, 12, 8, 512),
+    "B/16": TowerSizes(16, 768, 12, 12, 512, 12, 8, 512),
+    "L/14": TowerSizes(14, 1024, 24, 16, 768, 12, 12, 768),
+}
+
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+def l2_normalize(x, axis=-1, eps=1e-6):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+def clamp_logit_scale(logit_scale, max_value=LOGIT_SCALE_MAX):
+  # `where` rather than `minimum`: at exactly the maximum the gradient must reach the parameter
+  # whole (jnp.minimum splits it between its two arguments on a tie).
+  return jnp.where(logit_scale > max_value, max_value, logit_scale)
+
+
+class TwoTowers(nn.Module):
+  sizes: TowerSizes
+  context_length: int
+  vocab_size: int = VOCAB_SIZE
+  eot_id: int = EOT_ID
+  act: str = "gelu"
+  pool: str = "cls"
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  logit_scale_init: float = LOGIT_SCALE_INIT
+  logit_scale_max: float = LOGIT_SCALE_MAX
+
+  def setup(self):
+    s = self.sizes
+    self.image = VisionTransformer(
+        patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
+        num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, act=self.act,
+        remat=self.remat, dtype=self.dtype)
+    self.text = TextTransformer(
+        vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
+        depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
+        act=self.act, remat=self.remat, dtype=self.dtype)
+    self.logit_scale = self.param(
+        "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
+
+  def encode_image(self, images):
+    """[B, H, W, 3] -> L2-normalised float32 [B, embed_dim]."""
+    return l2_normalize(self.image(images))
+
+  def encode_text(self, tokens):
+    """int [B, L] -> L2-normalised float32 [B, embed_dim]."""
+    return l2_normalize(self.text(tokens))
+
+  def __call__(self, images: Optional[jax.Array], tokens: Optional[jax.Array]):
+    """Returns (image_emb, text_emb, logit_scale); either input may be None (its output is None)."""
+    image_emb = None if images is None else self.encode_image(images)
+    text_emb = None if tokens is None else self.encode_text(tokens)
+    return image_emb, text_emb, clamp_logit_scale(self.logit_scale, self.logit_scale_max)
+
+
+def build_model(model_config, *, context_length: int) -> TwoTowers:
+  """Builds TwoTowers from `config.model` (fields: size, act, pool, remat, dtype)."""
+  if model_config.size not in SIZES:
+    raise ValueError(
+        f"config.model.size={model_config.size!r} is not a known size; choose one of "
+        f"{sorted(SIZES)}.")
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if model_config.dtype not in dtypes:
+    raise ValueError(f"config.model.dtype={model_config.dtype!r}; choose one of {sorted(dtypes)}.")
+  return TwoTowers(
+      sizes=SIZES[model_config.size], context_length=context_length, act=model_config.act,
+      pool=model_config.pool, remat=model_config.remat, dtype=dtypes[model_config.dtype])

@@ -1,0 +1,59 @@
+"""Vision Transformer image tower, CLIP layout.
+
+patchify (conv, no bias) -> [cls] + tokens + learned position embedding -> ln_pre -> pre-LN encoder
+-> ln_post on the pooled token -> linear projection (no bias) to the shared embedding width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from rankclip_jax.models.transformer import Encoder
+
+Dtype = Any
+
+
+class VisionTransformer(nn.Module):
+  patch_size: int
+  width: int
+  depth: int
+  num_heads: int
+  embed_dim: int
+  mlp_ratio: float = 4.0
+  pool: str = "cls"  # "cls" (CLIP) or "gap" (mean over patch tokens)
+  act: str = "gelu"
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    """images: float [B, H, W, 3] (already normalised) -> features [B, embed_dim] (not normalised)."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"VisionTransformer expects images [B, H, W, 3], got {images.shape}.")
+    _, h, w, _ = images.shape
+    if h % self.patch_size or w % self.patch_size:
+      raise ValueError(
+          f"Image size {h}x{w} is not divisible by patch_size={self.patch_size}; "
+          "change config.image_size or the model size.")
+    x = nn.Conv(self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
+                padding="VALID", use_bias=False, dtype=self.dtype, name="patch_embed")(
+                    images.astype(self.dtype))
+    b, gh, gw, c = x.shape
+    x = x.reshape(b, gh * gw, c)
+    scale = self.width ** -0.5
+    if self.pool == "cls":
+      cls = self.param("cls", nn.initializers.normal(scale), (self.width,))
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
+    elif self.pool != "gap":
+      raise ValueError(f"Unknown pool {self.pool!r}; choose 'cls' or 'gap'.")
+    pos = self.param("pos_embedding", nn.initializers.normal(scale), (x.shape[1], self.width))
+    x = x + pos.astype(x.dtype)
+    x = nn.LayerNorm(dtype=self.dtype, name="ln_pre")(x)
+    x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
+                remat=self.remat, dtype=self.dtype, name="encoder")(x)
+    pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    pooled = nn.LayerNorm(dtype=self.dtype, name="ln_post")(pooled)
+    return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)

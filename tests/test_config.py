@@ -1,0 +1,91 @@
+"""Configs: every experiment file parses, overrides work, typos fail before any work."""
+
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from rankclip_jax.config_validation import ConfigError, validate_config
+
+CONFIGS = ["configs/rankclip_synthetic.py", "configs/clip_synthetic.py", "configs/rankclip_cc3m.py"]
+
+
+def parse(argv):
+  """Parses argv the way main.py does, with a fresh flag registry."""
+  fv = flags.FlagValues()
+  # config_flags registers one flag per override it finds in argv when the flag is defined.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=["prog"] + argv)
+  fv(["prog"] + argv)
+  return fv.config
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_parses(path):
+  c = parse([f"--config={path}"])
+  assert c.total_steps > 0 and c.batch_size > 0
+
+
+def test_override_plain_fields():
+  c = parse(["--config=configs/rankclip_synthetic.py", "--config.total_steps=7",
+             "--config.batch_size=16", "--config.seed=3", "--config.loss.cross_weight=0.5",
+             "--config.loss.inmodal_weight=0", "--config.model.size=micro",
+             "--config.optim.betas=(0.9,0.98)", "--config.sharding.rules=(('.*kernel','fsdp'),)"])
+  assert (c.total_steps, c.batch_size, c.seed) == (7, 16, 3)
+  assert c.loss.cross_weight == 0.5 and c.loss.inmodal_weight == 0.0
+  assert c.model.size == "micro"
+  assert tuple(c.optim.betas) == (0.9, 0.98)
+  assert tuple(map(tuple, c.sharding.rules)) == ((".*kernel", "fsdp"),)
+
+
+def test_clip_config_is_rankclip_with_zero_weights():
+  r = parse(["--config=configs/rankclip_synthetic.py"])
+  c = parse(["--config=configs/clip_synthetic.py"])
+  assert c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0
+  r.loss.cross_weight = 0.0
+  r.loss.inmodal_weight = 0.0
+  assert r.to_dict() == c.to_dict()
+
+
+def test_typo_in_override_is_an_error():
+  with pytest.raises(Exception, match="crossweight"):
+    parse(["--config=configs/rankclip_synthetic.py", "--config.loss.crossweight=0.1"])
+
+
+def test_typo_fails_main_before_any_work(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/rankclip_synthetic.py",
+       f"--workdir={tmp_path / 'run'}", "--config.totl_steps=5"],
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "totl_steps" in proc.stderr
+  assert not (tmp_path / "run").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.size", "B/33", "config.model.size"),
+    ("batch_size", 12, "divisible by the 8 devices"),
+    ("loss.weight_schedule", "linear", "config.loss.weight_schedule"),
+    ("loss.cross_weight", -1.0, "config.loss.cross_weight"),
+    ("image_size", 60, "multiple of the patch size"),
+    ("optim.warmup_steps", 5000, "config.optim.warmup_steps"),
+])
+def test_bad_values_are_rejected_with_the_field_named(field, value, match):
+  c = parse(["--config=configs/rankclip_synthetic.py"])
+  node = c
+  *parents, leaf = field.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=match):
+    validate_config(c, num_devices=8, process_count=1)
+
+
+def test_cc3m_config_says_what_data_it_expects():
+  c = parse(["--config=configs/rankclip_cc3m.py"])
+  assert c.model.size == "B/32" and c.image_size == 224 and c.context_length == 77
+  assert c.batch_size == 128 and c.optim.learning_rate == 5e-4 and c.optim.warmup_steps == 10000
+  with pytest.raises(ConfigError, match="webdataset"):
+    validate_config(c, num_devices=8, process_count=1)

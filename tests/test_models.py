@@ -1,0 +1,84 @@
+"""Model shapes, the CLIP layout's invariants, and the named sizes."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rankclip_jax.data.tokenizer import EOT_ID, SOT_ID
+from rankclip_jax.models import SIZES, TwoTowers
+from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale
+
+
+@pytest.fixture(scope="module")
+def micro():
+  model = TwoTowers(SIZES["micro"], context_length=8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                      jnp.zeros((1, 8), jnp.int32))["params"]
+  return model, params
+
+
+def tokens(rows):
+  out = np.zeros((len(rows), 8), np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return jnp.asarray(out)
+
+
+def test_output_shapes_and_normalisation(micro):
+  model, params = micro
+  images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+  txt = tokens([[SOT_ID, 320, EOT_ID], [SOT_ID, 736, 7117, EOT_ID], [SOT_ID, EOT_ID]])
+  i, t, s = model.apply({"params": params}, images, txt)
+  assert i.shape == (3, 32) and t.shape == (3, 32)
+  np.testing.assert_allclose(jnp.linalg.norm(i, axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(t, axis=-1), 1.0, rtol=1e-5)
+  assert float(s) == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+
+
+def test_text_pools_at_eot_and_is_causal(micro):
+  model, params = micro
+  # Tokens after the end-of-text token must not change the embedding (causal mask + EOT pooling).
+  a = tokens([[SOT_ID, 320, 736, EOT_ID, 0, 0]])
+  b = tokens([[SOT_ID, 320, 736, EOT_ID, 999, 5]])
+  c = tokens([[SOT_ID, 320, 737, EOT_ID, 0, 0]])
+  ea = model.apply({"params": params}, a, method="encode_text")
+  eb = model.apply({"params": params}, b, method="encode_text")
+  ec = model.apply({"params": params}, c, method="encode_text")
+  np.testing.assert_allclose(ea, eb, atol=1e-6)
+  assert float(jnp.abs(ea - ec).max()) > 1e-4
+
+
+def test_image_tower_uses_every_patch(micro):
+  model, params = micro
+  x = jax.random.normal(jax.random.key(2), (1, 32, 32, 3))
+  y = x.at[:, 28:, 28:, :].add(1.0)  # only the last patch changes
+  ex = model.apply({"params": params}, x, method="encode_image")
+  ey = model.apply({"params": params}, y, method="encode_image")
+  assert float(jnp.abs(ex - ey).max()) > 1e-5
+
+
+def test_bad_image_size_is_a_clear_error(micro):
+  model, params = micro
+  with pytest.raises(ValueError, match="not divisible by patch_size"):
+    model.apply({"params": params}, jnp.zeros((1, 30, 30, 3)), method="encode_image")
+
+
+def test_logit_scale_clamp_keeps_gradient_at_the_maximum():
+  assert float(clamp_logit_scale(jnp.float32(10.0))) == pytest.approx(LOGIT_SCALE_MAX)
+  g = jax.grad(clamp_logit_scale)(jnp.float32(LOGIT_SCALE_MAX))
+  assert float(g) == 1.0
+
+
+@pytest.mark.parametrize("size,image_size,expected_millions", [
+    ("B/32", 224, 151.3),  # OpenAI CLIP ViT-B/32: 151.28M parameters
+    ("B/16", 224, 149.6),  # OpenAI CLIP ViT-B/16: 149.62M
+])
+def test_clip_sizes_match_published_parameter_counts(size, image_size, expected_millions):
+  model = TwoTowers(SIZES[size], context_length=77)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
+                          jnp.zeros((1, 77), jnp.int32))
+  n = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+  assert n / 1e6 == pytest.approx(expected_millions, abs=0.5)
