@@ -1,0 +1,23 @@
+"""Pure loss functions: arrays and floats in, scalars (and a metrics dict) out."""
+
+from rankclip_jax.losses.contrastive import clip_logits
+from rankclip_jax.losses.contrastive import clip_loss
+from rankclip_jax.losses.contrastive import clip_loss_from_logits
+from rankclip_jax.losses.contrastive import top1_accuracy
+from rankclip_jax.losses.rankclip import rankclip_loss
+from rankclip_jax.losses.rankclip import ranking_weight_multiplier
+from rankclip_jax.losses.rankclip import SCHEDULES
+from rankclip_jax.losses.ranking import plackett_luce_nll
+from rankclip_jax.losses.ranking import plackett_luce_nll_rows
+
+__all__ = [
+    "SCHEDULES",
+    "clip_logits",
+    "clip_loss",
+    "clip_loss_from_logits",
+    "plackett_luce_nll",
+    "plackett_luce_nll_rows",
+    "rankclip_loss",
+    "ranking_weight_multiplier",
+    "top1_accuracy",
+]

@@ -1,0 +1,94 @@
+"""The RankCLIP objective (see /work/shared/METHOD.md) and its ranking-weight schedule.
+
+With I, T the [N, D] L2-normalised embeddings and s = exp(logit_scale):
+
+    L = s I T^T,   S_I = s I I^T,   S_T = s T T^T                              (all [N, N])
+    loss = L_clip
+         + w_cross   * 0.5 * [ PL(L; L^T) + PL(L^T; L) ] / N        (cross-modal consistency)
+         + w_inmodal * 0.5 * [ PL(S_I; S_T) + PL(S_T; S_I) ] / N    (in-modal consistency)
+
+PL(X; K) is the row-mean Plackett-Luce NLL of X's rows under the order of K's rows (ranking.py); the
+division by N turns each ranking term into a mean over the N*N position terms, as in the authors' code.
+Gradients reach I, T and s through the scored matrices only (keys are stop_gradient'ed).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rankclip_jax.losses import contrastive
+from rankclip_jax.losses import ranking
+
+SCHEDULES = ("ramp", "constant")
+
+
+def rankclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
+                  cross_weight, inmodal_weight) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """[N, D] images, [N, D] texts (pair i = row i), scalar scale -> (scalar loss, metrics).
+
+  `cross_weight` and `inmodal_weight` are floats or scalar arrays (possibly traced, e.g. from
+  `ranking_weight_multiplier` inside jit); they are never inspected in Python. Both ranking terms are
+  always computed, even at weight 0, so the metrics always report their true unweighted values;
+  with both weights 0 the loss equals `clip_loss` exactly (clip + 0 * finite + 0 * finite).
+
+  Metrics (all scalars): loss, clip_loss, cross_rank_loss and inmodal_rank_loss (unweighted, i.e.
+  0.5*[..]/N), cross_weight, inmodal_weight, i2t_top1, t2i_top1 (own pair strictly best).
+  """
+  if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+    raise ValueError(
+        f"image_emb and text_emb must both be [N, D]; got {image_emb.shape} and {text_emb.shape}.")
+  n = image_emb.shape[0]
+
+  logits = contrastive.clip_logits(image_emb, text_emb, scale)             # L
+  clip = contrastive.clip_loss_from_logits(logits)
+
+  # Cross-modal: image i's ranking of texts (row i of L) should follow text i's ranking of images
+  # (row i of L^T), and vice versa.
+  cross = 0.5 * (ranking.plackett_luce_nll(logits, logits.T) +
+                 ranking.plackett_luce_nll(logits.T, logits)) / n
+
+  # In-modal: image-image similarities ranked in the order of text-text similarities, and back.
+  sim_image = contrastive.clip_logits(image_emb, image_emb, scale)         # S_I
+  sim_text = contrastive.clip_logits(text_emb, text_emb, scale)            # S_T
+  inmodal = 0.5 * (ranking.plackett_luce_nll(sim_image, sim_text) +
+                   ranking.plackett_luce_nll(sim_text, sim_image)) / n
+
+  dtype = clip.dtype
+  cross_weight = jnp.asarray(cross_weight, dtype)
+  inmodal_weight = jnp.asarray(inmodal_weight, dtype)
+  loss = clip + cross_weight * cross + inmodal_weight * inmodal
+
+  i2t_top1, t2i_top1 = contrastive.top1_accuracy(logits)
+  metrics = {
+      "loss": loss,
+      "clip_loss": clip,
+      "cross_rank_loss": cross,
+      "inmodal_rank_loss": inmodal,
+      "cross_weight": cross_weight,
+      "inmodal_weight": inmodal_weight,
+      "i2t_top1": i2t_top1,
+      "t2i_top1": t2i_top1,
+  }
+  return loss, metrics
+
+
+def ranking_weight_multiplier(step, total_steps, schedule: str) -> jax.Array:
+  """Multiplier for the ranking weights at `step` (int or traced array) -> float32 scalar.
+
+  'ramp':     clip(3 * step / total_steps, 0, 2): 0 at step 0, 1 at a third, 2 from two thirds on
+              (METHOD.md's epoch ramp r(t), expressed on steps).
+  'constant': 1.
+  The trainer uses weight = config_weight * multiplier; config_weight = 1/16 with 'ramp' reproduces
+  the authors' r(t) / 16.
+  """
+  if schedule == "constant":
+    return jnp.ones((), jnp.float32)
+  if schedule != "ramp":
+    raise ValueError(f"Unknown ranking weight schedule {schedule!r}; allowed: {SCHEDULES}.")
+  if isinstance(total_steps, (int, float)) and total_steps <= 0:
+    raise ValueError(f"total_steps must be positive for the 'ramp' schedule, got {total_steps}.")
+  step = jnp.asarray(step, jnp.float32)
+  # (3 * step) / total rather than 3 * (step / total): exact at step = total/3 and 2*total/3
+  # whenever those are integers.
+  return jnp.clip(3.0 * step / jnp.asarray(total_steps, jnp.float32), 0.0, 2.0)
