@@ -31,10 +31,11 @@ class Checkpointer:
     if keep <= 0:
       raise ValueError(f"config.checkpoint.keep={keep} must be > 0.")
     self.directory = epath.Path(directory)
+    self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every_steps, create=True,
+            max_to_keep=keep, create=True,
             cleanup_tmp_directories=True, enable_async_checkpointing=async_save),
         item_handlers={
             STATE: ocp.StandardCheckpointHandler(),
@@ -50,13 +51,18 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator=None, config_dict: Optional[dict] = None,
            *, force: bool = False) -> bool:
-    """Saves if `step` is due (every_steps) or `force`; returns whether a save started."""
+    """Saves if `step` is a multiple of every_steps, or if `force`; returns whether it saved.
+
+    The decision is ours, not Orbax's save-interval policy, which also saves the first step seen.
+    """
+    if not force and step % self.every_steps:
+      return False
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if config_dict is not None:
       items[CONFIG] = ocp.args.JsonSave(config_dict)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: Any, data_iterator=None, step: Optional[int] = None):
     """Restores `step` (default: latest) into arrays with the shardings of `abstract_state`.

@@ -41,7 +41,8 @@ class ZeroShotEvaluator:
 
   def __post_init__(self):
     self.classnames, self.templates, self.label_key, self.label_offset = (
-        synthetic.zero_shot_task(self.task))
+        synthetic.zero_shot_task(self.task, min_objects=self.source.min_objects,
+                                 max_objects=self.source.max_objects))
 
   def class_embeddings(self, embedder: Embedder, params) -> np.ndarray:
     prompts = [t.format(c) for t in self.templates for c in self.classnames]
