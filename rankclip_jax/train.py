@@ -147,6 +147,7 @@ def _is_cpu() -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
   trainer = Trainer(config)
+  workdir = os.path.abspath(workdir)  # Orbax's tensorstore paths must be absolute
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
@@ -249,6 +250,6 @@ def _flat_hparams(config) -> dict[str, Any]:
 
 
 def _print(msg: str):
+  """The user-facing progress lines: stdout on the first process only."""
   if jax.process_index() == 0:
     print(msg, flush=True)
-  logging.info(msg)

@@ -16,6 +16,8 @@ import pytest
 from configs import rankclip_synthetic
 from rankclip_jax import train
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def micro_config(**overrides):
   c = rankclip_synthetic.get_config()
@@ -169,8 +171,9 @@ def test_outputs_results_tensorboard_and_keeps_last_k_checkpoints(tmp_path):
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
   """A real process killed with SIGKILL mid-run; the same command continues, not from step 0."""
   workdir = str(tmp_path / "run")
-  cmd = [sys.executable, "main.py", "--config=configs/rankclip_synthetic.py",
-         f"--workdir={workdir}", "--config.model.size=micro", "--config.image_size=32",
+  # Started from another directory with a relative --workdir, as a user would.
+  cmd = [sys.executable, os.path.join(REPO, "main.py"),
+         f"--config={os.path.join(REPO, 'configs/rankclip_synthetic.py')}", "--workdir=run", "--config.model.size=micro", "--config.image_size=32",
          "--config.context_length=16", "--config.batch_size=16", "--config.total_steps=200",
          "--config.optim.warmup_steps=10",
          "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
@@ -178,7 +181,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
              f"--config.evals.{e}.num_examples=16" for e in
              ("zs_shape", "zs_colour", "zs_count", "zs_heldout_combo", "retrieval")]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   ckdir = os.path.join(workdir, "checkpoints")
   while time.time() < deadline:
@@ -191,7 +194,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
   proc.wait()
   killed_at = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
   assert 10 <= killed_at < 200
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"Resuming at step {killed_at}/" in out.stdout
   assert "Results (held-out evaluation)" in out.stdout
