@@ -82,3 +82,18 @@ def test_clip_sizes_match_published_parameter_counts(size, image_size, expected_
                           jnp.zeros((1, 77), jnp.int32))
   n = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
   assert n / 1e6 == pytest.approx(expected_millions, abs=0.5)
+
+
+def test_conv_stem_gives_the_same_token_grid_and_output():
+  from rankclip_jax.models.vit import VisionTransformer
+  for stem in ("patch", "conv"):
+    vit = VisionTransformer(patch_size=8, width=32, depth=1, num_heads=2, embed_dim=16, stem=stem)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = vit.init(jax.random.key(0), x)
+    assert vit.apply(variables, x).shape == (2, 16)
+    # cls + (32 / 8)^2 patch tokens, whatever the stem
+    assert variables["params"]["pos_embedding"].shape == (1 + 16, 32)
+    assert ("stem_conv_2" in variables["params"]) == (stem == "conv")
+  bad = VisionTransformer(patch_size=6, width=32, depth=1, num_heads=2, embed_dim=16, stem="conv")
+  with pytest.raises(ValueError, match="power-of-two"):
+    bad.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)))

@@ -66,6 +66,7 @@ class TwoTowers(nn.Module):
   eot_id: int = EOT_ID
   act: str = "gelu"
   pool: str = "cls"
+  stem: str = "patch"
   remat: bool = False
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
@@ -75,7 +76,7 @@ class TwoTowers(nn.Module):
     s = self.sizes
     self.image = VisionTransformer(
         patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
-        num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, act=self.act,
+        num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
         remat=self.remat, dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
@@ -100,7 +101,7 @@ class TwoTowers(nn.Module):
 
 
 def build_model(model_config, *, context_length: int) -> TwoTowers:
-  """Builds TwoTowers from `config.model` (fields: size, act, pool, remat, dtype)."""
+  """Builds TwoTowers from `config.model` (fields: size, act, pool, stem, remat, dtype)."""
   if model_config.size not in SIZES:
     raise ValueError(
         f"config.model.size={model_config.size!r} is not a known size; choose one of "
@@ -110,4 +111,4 @@ def build_model(model_config, *, context_length: int) -> TwoTowers:
     raise ValueError(f"config.model.dtype={model_config.dtype!r}; choose one of {sorted(dtypes)}.")
   return TwoTowers(
       sizes=SIZES[model_config.size], context_length=context_length, act=model_config.act,
-      pool=model_config.pool, remat=model_config.remat, dtype=dtypes[model_config.dtype])
+      pool=model_config.pool, stem=model_config.stem, remat=model_config.remat, dtype=dtypes[model_config.dtype])
