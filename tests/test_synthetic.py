@@ -109,7 +109,9 @@ def test_example_keys_shapes_and_dtypes():
   src = S.SyntheticScenes(num_records=20, image_size=48, max_objects=3)
   for i in (0, 7, 19):
     ex = src[i]
-    assert set(ex) == {"image", "caption", "shape", "colour", "combo", "count", "index"}
+    assert set(ex) == {"image", "caption", "shape", "colour", "combo", "count", "index",
+                       "monochrome"}
+    assert not ex["monochrome"]
     assert ex["image"].dtype == np.uint8 and ex["image"].shape == (48, 48, 3)
     assert isinstance(ex["caption"], str) and ex["caption"].endswith(".")
     for k in ("shape", "colour", "combo", "count", "index"):
@@ -398,3 +400,28 @@ def test_zero_shot_names_and_prompts_match_captions():
       assert any(t.format(c) in generated for c in classnames), (task, t)
     if task == "count":
       assert offset == 1 and classnames[0] == "one shape"
+
+
+def test_monochrome_examples_are_grey_with_colourless_captions():
+  src = S.SyntheticScenes(num_records=200, seed=3, monochrome_fraction=0.5)
+  plain = S.SyntheticScenes(num_records=200, seed=3)
+  n_mono = 0
+  for i in range(200):
+    ex = src[i]
+    if not ex["monochrome"]:
+      continue
+    n_mono += 1
+    img = ex["image"].astype(int)
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+    words = set(ex["caption"].rstrip(".").replace(",", "").split())
+    assert not words & set(S.COLOUR_NAMES), ex["caption"]
+    # Same scene as without monochrome: the labels still describe it.
+    assert ex["shape"] == plain[i]["shape"] and ex["count"] == plain[i]["count"]
+    # The main object stays visible: its pixels differ clearly from the rest of the image.
+    cov = S.object_coverage(src.scene_for(i).main, src.image_size)
+    inside, outside = img[..., 0][cov > 0.99], img[..., 0][cov == 0]
+    assert abs(inside.mean() - np.median(outside)) > 60
+  assert 70 <= n_mono <= 130
+  assert not any(bool(plain[i]["monochrome"]) for i in range(50))
+  with pytest.raises(ValueError, match="monochrome_fraction"):
+    S.SyntheticScenes(num_records=1, monochrome_fraction=1.5)

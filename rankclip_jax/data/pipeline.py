@@ -37,7 +37,8 @@ def make_source(source_config, *, image_size: int, seed: int, split: str | None 
         num_records=int(source_config.num_records), seed=seed,
         split=split or source_config.split, image_size=image_size,
         min_objects=int(source_config.min_objects), max_objects=int(source_config.max_objects),
-        caption_mode=source_config.get("caption_mode", "random"))
+        caption_mode=source_config.get("caption_mode", "random"),
+        monochrome_fraction=float(source_config.get("monochrome_fraction", 0.0)))
   raise ValueError(
       f"Unknown data source kind {kind!r}; choose one of {SOURCE_KINDS}.")
 

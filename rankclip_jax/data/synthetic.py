@@ -48,13 +48,14 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 COLOUR_NAMES: tuple[str, ...] = tuple(name for name, _ in COLOURS)
 COLOUR_RGB = np.array([rgb for _, rgb in COLOURS], np.float32)  # [num_colours, 3]
 
-# (name, min radius, max radius): the object's nominal radius as a fraction of the image size (at 64
-# px: about 12-15, 18-21 and 25-30 px across). The ranges do not overlap, so a strictly larger size
-# class is strictly larger on screen.
+# (name, min radius, max radius): the object's nominal radius as a fraction of the image size (at 48
+# px: about 11-13, 15-18 and 22-26 px across; a shape needs some 10 px before a star, a cross and a
+# heart look different, and three objects must still fit side by side). The ranges do not overlap,
+# so a strictly larger size class is strictly larger on screen.
 SIZES: tuple[tuple[str, float, float], ...] = (
-    ("small", 0.095, 0.115),
-    ("medium", 0.14, 0.165),
-    ("large", 0.195, 0.23),
+    ("small", 0.115, 0.135),
+    ("medium", 0.16, 0.185),
+    ("large", 0.23, 0.27),
 )
 SIZE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in SIZES)
 # Words a caption may use for each size class.
@@ -179,6 +180,7 @@ def position_phrase(obj: SceneObject) -> str:
 
 
 _PLACEMENT_TRIES = 128  # candidate positions per object
+_LAYOUT_TRIES = 16  # positions of the main object tried before accepting an overlap
 
 # Every scene consumes one block of uniforms with a fixed layout (fast, and any scene is a pure
 # function of its generator's state): name -> shape of the slice.
@@ -239,22 +241,32 @@ def sample_scene(rng: np.random.Generator, *, split: str = "train", min_objects:
   angles = (u["angle"][:n] - 0.5) * 2.0 * _MAX_ANGLE[shapes]
   jitter = (u["jitter"][:n] - 0.5) * 24.0
 
-  # Positions: rejection sampling from a fixed batch of candidates per object; if no candidate is
-  # clear of the objects placed so far, the one with the most clearance is taken (a little overlap,
-  # never a failure).
+  # Positions: rejection sampling from a fixed batch of candidates per object. The main object is
+  # placed first; if some later object finds no candidate clear of those placed before it, the
+  # layout starts again with the main object at its next candidate. After _LAYOUT_TRIES layouts the
+  # one with the most clearance is kept (a little overlap, never a failure; rare below 4 objects).
   margin = 0.015
   extents = radii * _EXTENT_ARRAY[shapes]  # bounding radii
-  centres = np.zeros((n, 2))
-  for i in range(n):
-    lo, hi = extents[i] + margin, 1.0 - extents[i] - margin
-    cand = lo + u["position"][i] * (hi - lo)
-    if i == 0:
-      centres[0] = cand[0]
-      continue
-    d = cand[:, None, :] - centres[None, :i]
-    clearance = (np.sqrt((d * d).sum(-1)) - (extents[:i] + extents[i] + 0.02)).min(axis=1)
-    ok = np.flatnonzero(clearance >= 0)
-    centres[i] = cand[ok[0] if ok.size else np.argmax(clearance)]
+  lo, hi = extents + margin, 1.0 - extents - margin
+  cands = lo[:, None, None] + u["position"][:n] * (hi - lo)[:, None, None]  # [n, tries, 2]
+  best, best_clearance = None, -np.inf
+  for attempt in range(_LAYOUT_TRIES if n > 1 else 1):
+    centres = np.zeros((n, 2))
+    centres[0] = cands[0, attempt]
+    worst = np.inf
+    for i in range(1, n):
+      d = cands[i][:, None, :] - centres[None, :i]
+      clearance = (np.sqrt((d * d).sum(-1)) - (extents[:i] + extents[i] + 0.02)).min(axis=1)
+      ok = np.flatnonzero(clearance >= 0)
+      j = ok[0] if ok.size else int(np.argmax(clearance))
+      centres[i] = cands[i, j]
+      worst = min(worst, clearance[j])
+    if worst >= 0:
+      best = centres
+      break
+    if worst > best_clearance:
+      best, best_clearance = centres, worst
+  centres = best
 
   objects = tuple(
       SceneObject(shape=int(shapes[i]), colour=int(colours[i]), size=int(sizes[i]),
@@ -413,22 +425,39 @@ def _noise_texture(image_size: int) -> np.ndarray:
   return texture
 
 
-def render_scene(scene: Scene, image_size: int) -> np.ndarray:
-  """uint8 [image_size, image_size, 3]; objects drawn largest first (none hides a smaller one)."""
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def render_scene(scene: Scene, image_size: int, monochrome: bool = False) -> np.ndarray:
+  """uint8 [image_size, image_size, 3]; objects drawn largest first (none hides a smaller one).
+
+  monochrome=True draws a grey-level version: the background's luminance, and every object in one
+  grey that contrasts with it (light on dark, dark on light), so only shapes, sizes, positions and
+  the count remain visible.
+  """
   img = render_background(scene.background, image_size)
+  if monochrome:
+    img = np.repeat((img @ _LUMA)[..., None], 3, axis=-1)
+    object_grey = 25.0 if float(BACKGROUND_RGB[scene.background.colour] @ _LUMA) >= 128 else 235.0
   for obj in sorted(scene.objects, key=lambda o: -o.radius):
     patch = _object_patch(obj, image_size)
     if patch is None:
       continue
     y0, y1, x0, x1, cov = patch
-    colour = COLOUR_RGB[obj.colour] + np.asarray(obj.rgb_jitter, np.float32)
+    if monochrome:
+      colour = np.full(3, object_grey + float(np.mean(obj.rgb_jitter)), np.float32)
+    else:
+      colour = COLOUR_RGB[obj.colour] + np.asarray(obj.rgb_jitter, np.float32)
     region = img[y0:y1, x0:x1]
     region += cov[..., None] * (colour - region)
   if scene.background.noise > 0:
     k = int(scene.noise_offset * _NOISE_WINDOWS * _NOISE_WINDOWS)
     oy, ox = divmod(k, _NOISE_WINDOWS)
     texture = _noise_texture(image_size)
-    img += texture[oy:oy + image_size, ox:ox + image_size] * np.float32(scene.background.noise)
+    noise = texture[oy:oy + image_size, ox:ox + image_size]
+    if monochrome:
+      noise = noise[..., :1]  # the same noise in every channel keeps the image grey
+    img += noise * np.float32(scene.background.noise)
   np.clip(img, 0.0, 255.0, out=img)
   return (img + 0.5).astype(np.uint8)
 
@@ -576,9 +605,34 @@ def make_caption(scene: Scene, template: str, rng: np.random.Generator) -> str:
   return CAPTION_TEMPLATES[template](scene, rng)
 
 
+# How often each template is drawn. Colour is visible in a single pixel and is learnt within a few
+# hundred steps from any caption that names it; shape needs spatial features, and a caption that
+# names both colour and shape can mostly be matched by colour alone. Captions that name shapes
+# without colours are therefore drawn more often, so that a small model learns shape in minutes.
+TEMPLATE_WEIGHTS: dict[str, float] = {
+    "colour_shape": 1.5, "shape": 3.0, "colour": 0.5, "size": 1.0, "position": 1.0,
+    "background": 0.5, "all_objects": 1.0, "all_shapes": 2.5, "all_colours": 0.5, "count": 0.75,
+    "count_main": 0.75, "full": 1.0,
+}
+_TEMPLATE_P = np.array([TEMPLATE_WEIGHTS[n] for n in CAPTION_TEMPLATE_NAMES]) / sum(
+    TEMPLATE_WEIGHTS.values())
+
+
+# Monochrome images get captions that name no colour.
+MONOCHROME_TEMPLATE_WEIGHTS: dict[str, float] = {"shape": 3.0, "all_shapes": 2.5, "count": 0.5}
+_MONO_NAMES = tuple(MONOCHROME_TEMPLATE_WEIGHTS)
+_MONO_P = np.array([MONOCHROME_TEMPLATE_WEIGHTS[n] for n in _MONO_NAMES]) / sum(
+    MONOCHROME_TEMPLATE_WEIGHTS.values())
+
+
+def monochrome_caption(scene: Scene, rng: np.random.Generator) -> str:
+  """A caption with no colour word, for the grey-level rendering of `scene`."""
+  return make_caption(scene, _MONO_NAMES[int(rng.choice(len(_MONO_NAMES), p=_MONO_P))], rng)
+
+
 def random_caption(scene: Scene, rng: np.random.Generator) -> str:
-  """A caption from a uniformly drawn template."""
-  name = CAPTION_TEMPLATE_NAMES[int(rng.integers(len(CAPTION_TEMPLATE_NAMES)))]
+  """A caption from a template drawn with probabilities TEMPLATE_WEIGHTS."""
+  name = CAPTION_TEMPLATE_NAMES[int(rng.choice(len(CAPTION_TEMPLATE_NAMES), p=_TEMPLATE_P))]
   return CAPTION_TEMPLATES[name](scene, rng)
 
 
@@ -667,6 +721,12 @@ class SyntheticScenes:
   source[i] -> {"image": uint8 [S, S, 3], "caption": str, "shape": int32, "colour": int32,
                 "combo": int32, "count": int32, "index": int32}
   where shape/colour/combo describe the main (largest) object and combo = shape * 8 + colour.
+
+  monochrome_fraction: the share of examples rendered in grey levels with a colourless caption
+  (`monochrome` is True for them). Colour can be read off a single pixel, so a model learns it
+  first and can match most captions by colour alone; like the colour-distortion augmentation of
+  SimCLR, grey examples take that shortcut away and make the towers learn shape. Use it for
+  training; evaluation sets keep 0.
   """
 
   num_records: int
@@ -676,6 +736,7 @@ class SyntheticScenes:
   min_objects: int = 1
   max_objects: int = 3
   caption_mode: str = "random"
+  monochrome_fraction: float = 0.0
 
   def __post_init__(self):
     for name in ("num_records", "seed", "image_size", "min_objects", "max_objects"):
@@ -694,6 +755,9 @@ class SyntheticScenes:
     _check_object_range(self.min_objects, self.max_objects)
     if self.caption_mode not in CAPTION_MODES:
       raise ValueError(f"caption_mode={self.caption_mode!r}; choose one of {CAPTION_MODES}.")
+    if not 0.0 <= float(self.monochrome_fraction) <= 1.0:
+      raise ValueError(f"monochrome_fraction={self.monochrome_fraction}; it must be in [0, 1].")
+    object.__setattr__(self, "monochrome_fraction", float(self.monochrome_fraction))
 
   def __len__(self) -> int:
     return self.num_records
@@ -715,11 +779,19 @@ class SyntheticScenes:
     rng = self.rng_for(index)
     scene = sample_scene(rng, split=self.split, min_objects=self.min_objects,
                          max_objects=self.max_objects)
-    # The scene is drawn first, so it does not depend on the caption mode.
-    caption = random_caption(scene, rng) if self.caption_mode == "random" else full_caption(scene)
+    # The scene is drawn first, so it does not depend on the caption mode. The monochrome draw
+    # happens only when asked for, so sources without it keep their exact captions.
+    mono = self.monochrome_fraction > 0 and rng.random() < self.monochrome_fraction
+    if mono:
+      caption = monochrome_caption(scene, rng)
+    elif self.caption_mode == "random":
+      caption = random_caption(scene, rng)
+    else:
+      caption = full_caption(scene)
     main = scene.main
     return {
-        "image": render_scene(scene, self.image_size),
+        "image": render_scene(scene, self.image_size, monochrome=mono),
+        "monochrome": np.bool_(mono),
         "caption": caption,
         "shape": np.int32(main.shape),
         "colour": np.int32(main.colour),
