@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (rankclip_jax.models.SIZES)
   c.model.act = "gelu"  # gelu | gelu_tanh | quick_gelu
   c.model.pool = "cls"  # cls | gap
+  c.model.stem = "patch"  # patch (CLIP's linear patchify) | conv (3x3 stride-2 convolutions)
   c.model.remat = False
   c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
 
@@ -68,11 +69,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def synthetic_source(*, split: str, num_records: int, min_objects: int = 1, max_objects: int = 3,
-                     caption_mode: str = "random") -> ml_collections.ConfigDict:
-  """The embedded procedurally generated scenes (rankclip_jax.data.synthetic)."""
+                     caption_mode: str = "random", monochrome_fraction: float = 0.0
+                     ) -> ml_collections.ConfigDict:
+  """The embedded procedurally generated scenes (rankclip_jax.data.synthetic).
+
+  monochrome_fraction: share of grey-level images with colourless captions (takes away the colour
+  shortcut so that shape is learnt; see SyntheticScenes).
+  """
   return ml_collections.ConfigDict(dict(
       kind="synthetic", split=split, num_records=num_records, min_objects=min_objects,
-      max_objects=max_objects, caption_mode=caption_mode))
+      max_objects=max_objects, caption_mode=caption_mode,
+      monochrome_fraction=monochrome_fraction))
 
 
 def synthetic_evals(num_examples: int = 512) -> ml_collections.ConfigDict:
