@@ -1,5 +1,11 @@
-"""Pure loss functions: arrays and floats in, scalars (and a metrics dict) out."""
+"""Pure loss functions: arrays and floats in, scalars (and a metrics dict) out.
 
+Every loss takes `axis_name` (inside shard_map: gather the other side, compute local rows, psum) and
+`chunk_size` (rematerialised row blocks); see rowwise.py.
+"""
+
+from rankclip_jax.losses.baselines import cyclip_loss
+from rankclip_jax.losses.baselines import siglip_loss
 from rankclip_jax.losses.contrastive import clip_logits
 from rankclip_jax.losses.contrastive import clip_loss
 from rankclip_jax.losses.contrastive import clip_loss_from_logits
@@ -15,9 +21,11 @@ __all__ = [
     "clip_logits",
     "clip_loss",
     "clip_loss_from_logits",
+    "cyclip_loss",
     "plackett_luce_nll",
     "plackett_luce_nll_rows",
     "rankclip_loss",
     "ranking_weight_multiplier",
+    "siglip_loss",
     "top1_accuracy",
 ]

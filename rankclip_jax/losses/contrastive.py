@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rankclip_jax.losses import rowwise
+
 
 def _compute_dtype(*xs) -> jnp.dtype:
   """float32, or wider if an input array already is (Python scalars are weak and do not widen)."""
@@ -43,12 +45,42 @@ def clip_loss_from_logits(logits: jax.Array) -> jax.Array:
   return 0.5 * (i2t + t2i)
 
 
-def clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array) -> jax.Array:
+def clip_row_sums(rows: dict, columns: dict, scale) -> tuple[dict, jax.Array, jax.Array]:
+  """Row-block terms of the CLIP loss (see rowwise.py) -> (sums, L rows [R, N], L^T rows [R, N]).
+
+  sums: over the block's rows, of i2t = logsumexp(L[i, :]) - L[i, i], t2i = logsumexp(L^T[i, :]) -
+  L^T[i, i], and the number of rows whose own pair is strictly best. The logit blocks are returned
+  for the losses that add terms on them.
+  """
+  logits = clip_logits(rows["image"], columns["text"], scale)      # rows of L
+  logits_t = clip_logits(rows["text"], columns["image"], scale)    # rows of L^T
+  index = rows["index"]
+  sums = {
+      "i2t": jnp.sum(jax.nn.logsumexp(logits, axis=1) - rowwise.own_column(logits, index)),
+      "t2i": jnp.sum(jax.nn.logsumexp(logits_t, axis=1) - rowwise.own_column(logits_t, index)),
+      "i2t_top1": jnp.sum(rowwise.strictly_best(logits, index)),
+      "t2i_top1": jnp.sum(rowwise.strictly_best(logits_t, index)),
+  }
+  return sums, logits, logits_t
+
+
+def clip_metrics(sums: dict, n: int) -> dict:
+  """Global row sums of clip_row_sums -> {clip_loss, i2t_top1, t2i_top1}."""
+  return {"clip_loss": 0.5 * (sums["i2t"] + sums["t2i"]) / n,
+          "i2t_top1": sums["i2t_top1"] / n, "t2i_top1": sums["t2i_top1"] / n}
+
+
+def clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
+              axis_name: rowwise.AxisName = None, chunk_size: int | None = None) -> jax.Array:
   """Symmetric InfoNCE: [N, D] image rows, [N, D] text rows (pair i = row i), scalar scale.
 
   Returns a float32 (or wider) scalar; gradients reach both embeddings and `scale`.
+  axis_name / chunk_size: the sharded and row-chunked strategies of rowwise.sum_rows (inside
+  shard_map, the arrays are this device's rows).
   """
-  return clip_loss_from_logits(clip_logits(image_emb, text_emb, scale))
+  sums, n = rowwise.sum_rows(lambda r, c: clip_row_sums(r, c, scale)[0], image_emb, text_emb,
+                             axis_name=axis_name, chunk_size=chunk_size)
+  return clip_metrics(sums, n)["clip_loss"]
 
 
 def top1_accuracy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:

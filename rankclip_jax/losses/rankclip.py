@@ -19,12 +19,14 @@ import jax.numpy as jnp
 
 from rankclip_jax.losses import contrastive
 from rankclip_jax.losses import ranking
+from rankclip_jax.losses import rowwise
 
 SCHEDULES = ("ramp", "constant")
 
 
 def rankclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
-                  cross_weight, inmodal_weight) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  cross_weight, inmodal_weight, axis_name: rowwise.AxisName = None,
+                  chunk_size: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """[N, D] images, [N, D] texts (pair i = row i), scalar scale -> (scalar loss, metrics).
 
   `cross_weight` and `inmodal_weight` are floats or scalar arrays (possibly traced, e.g. from
@@ -32,44 +34,44 @@ def rankclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *
   always computed, even at weight 0, so the metrics always report their true unweighted values;
   with both weights 0 the loss equals `clip_loss` exactly (clip + 0 * finite + 0 * finite).
 
+  Execution (rowwise.py; same value and gradient in every case):
+    axis_name=None:   the arrays are the whole batch;
+    axis_name="data": inside shard_map, the arrays are this device's rows; the other side's
+                      embeddings are gathered and each device computes only its rows of the four
+                      matrices ((N/P) x N each), then the sums are psum'ed;
+    chunk_size=R:     rows are processed R at a time, rematerialised: peak memory O(R x N).
+
   Metrics (all scalars): loss, clip_loss, cross_rank_loss and inmodal_rank_loss (unweighted, i.e.
   0.5*[..]/N), cross_weight, inmodal_weight, i2t_top1, t2i_top1 (own pair strictly best).
   """
-  if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
-    raise ValueError(
-        f"image_emb and text_emb must both be [N, D]; got {image_emb.shape} and {text_emb.shape}.")
-  n = image_emb.shape[0]
 
-  logits = contrastive.clip_logits(image_emb, text_emb, scale)             # L
-  clip = contrastive.clip_loss_from_logits(logits)
+  def row_fn(rows, columns):
+    sums, logits, logits_t = contrastive.clip_row_sums(rows, columns, scale)   # rows of L, L^T
+    sim_image = contrastive.clip_logits(rows["image"], columns["image"], scale)  # rows of S_I
+    sim_text = contrastive.clip_logits(rows["text"], columns["text"], scale)     # rows of S_T
+    # The four ranking terms in one batched sort: row i of L ranked by row i of L^T and back
+    # (cross-modal), S_I by S_T and back (in-modal).
+    scores = jnp.stack([logits, logits_t, sim_image, sim_text])
+    keys = jnp.stack([logits_t, logits, sim_text, sim_image])
+    r, n = logits.shape
+    pl = ranking.plackett_luce_nll_rows(scores.reshape(4 * r, n), keys.reshape(4 * r, n))
+    pl = jnp.sum(pl.reshape(4, r), axis=1)
+    return dict(sums, cross=pl[0] + pl[1], inmodal=pl[2] + pl[3])
 
-  # Cross-modal: image i's ranking of texts (row i of L) should follow text i's ranking of images
-  # (row i of L^T), and vice versa.
-  cross = 0.5 * (ranking.plackett_luce_nll(logits, logits.T) +
-                 ranking.plackett_luce_nll(logits.T, logits)) / n
-
-  # In-modal: image-image similarities ranked in the order of text-text similarities, and back.
-  sim_image = contrastive.clip_logits(image_emb, image_emb, scale)         # S_I
-  sim_text = contrastive.clip_logits(text_emb, text_emb, scale)            # S_T
-  inmodal = 0.5 * (ranking.plackett_luce_nll(sim_image, sim_text) +
-                   ranking.plackett_luce_nll(sim_text, sim_image)) / n
+  sums, n = rowwise.sum_rows(row_fn, image_emb, text_emb, axis_name=axis_name,
+                             chunk_size=chunk_size)
+  metrics = contrastive.clip_metrics(sums, n)
+  clip = metrics["clip_loss"]
+  # Row-mean of each PL term, halved over the two directions, divided by N (METHOD.md).
+  cross = 0.5 * sums["cross"] / n / n
+  inmodal = 0.5 * sums["inmodal"] / n / n
 
   dtype = clip.dtype
   cross_weight = jnp.asarray(cross_weight, dtype)
   inmodal_weight = jnp.asarray(inmodal_weight, dtype)
   loss = clip + cross_weight * cross + inmodal_weight * inmodal
-
-  i2t_top1, t2i_top1 = contrastive.top1_accuracy(logits)
-  metrics = {
-      "loss": loss,
-      "clip_loss": clip,
-      "cross_rank_loss": cross,
-      "inmodal_rank_loss": inmodal,
-      "cross_weight": cross_weight,
-      "inmodal_weight": inmodal_weight,
-      "i2t_top1": i2t_top1,
-      "t2i_top1": t2i_top1,
-  }
+  metrics.update(loss=loss, cross_rank_loss=cross, inmodal_rank_loss=inmodal,
+                 cross_weight=cross_weight, inmodal_weight=inmodal_weight)
   return loss, metrics
 
 

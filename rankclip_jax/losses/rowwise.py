@@ -1,0 +1,111 @@
+"""One engine for every batch-coupled loss: sums of per-row terms, sharded and/or row-chunked.
+
+Every loss in this package (CLIP, the RankCLIP ranking terms, CyCLIP's cyclic terms, SigLIP) is a sum
+over the N pairs of the batch of a term that needs only *that row* of each N x N matrix it uses
+(row i of L = s I T^T, of L^T = s T I^T, of S_I = s I I^T, of S_T = s T T^T). So each loss is written
+once, as a function of a block of R rows against all N columns, and `sum_rows` runs it in one of
+three ways that give the same value and gradient (to float tolerance):
+
+1. plain (`axis_name=None`): the local arrays are the whole batch; one block of N rows.
+2. sharded (`axis_name="data"` or a tuple of mesh axes, called inside `shard_map` with each device
+   holding its own rows): the other devices' embeddings are all-gathered (with gradient: the
+   transpose of all_gather is a reduce-scatter), each device computes only its rows, and the row sums
+   are psum'ed. Per-device memory is (N/P) x N instead of N x N.
+3. row-chunked (`chunk_size=R`): the local rows are processed R at a time in a `lax.scan` whose body
+   is rematerialised (`jax.checkpoint`), so the backward pass recomputes each R x N block instead of
+   storing it: peak memory O(R x N). Composes with 2.
+
+Rows of L^T are computed directly as s * T_i . I (not by transposing L), so the plain and sharded
+strategies see bit-identical key rows: ranking ties are then broken identically in every strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+AxisName = Union[Hashable, Sequence[Hashable], None]
+
+# row_fn(rows, columns) -> dict of scalars, each the SUM over the block's rows of some per-row term.
+#   rows:    dict with "image" [R, D], "text" [R, D], "index" [R] int32 (global row = column index
+#            of the row's own pair)
+#   columns: dict with "image" [N, D], "text" [N, D] (the whole global batch)
+RowFn = Callable[[dict, dict], dict]
+
+
+def _axis_size(axis_name) -> jax.Array:
+  return jax.lax.psum(1, axis_name)
+
+
+def gather_columns(image_emb, text_emb, axis_name: AxisName):
+  """(all images [N, D], all texts [N, D], global index of the local rows [n])."""
+  n = image_emb.shape[0]
+  local = jnp.arange(n, dtype=jnp.int32)
+  if axis_name is None:
+    return image_emb, text_emb, local
+  all_image = jax.lax.all_gather(image_emb, axis_name, axis=0, tiled=True)
+  all_text = jax.lax.all_gather(text_emb, axis_name, axis=0, tiled=True)
+  offset = jax.lax.axis_index(axis_name).astype(jnp.int32) * n
+  return all_image, all_text, local + offset
+
+
+def sum_rows(row_fn: RowFn, image_emb: jax.Array, text_emb: jax.Array, *,
+             axis_name: AxisName = None, chunk_size: int | None = None) -> tuple[dict, int]:
+  """Runs `row_fn` over all rows of the global batch; returns (dict of global sums, global N).
+
+  image_emb, text_emb: [n, D] local rows (the whole batch when axis_name is None).
+  chunk_size: rows per block (must divide n); None or 0 processes all local rows at once.
+  """
+  if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+    raise ValueError(
+        f"image_emb and text_emb must both be [N, D]; got {image_emb.shape} and {text_emb.shape}.")
+  n = image_emb.shape[0]
+  all_image, all_text, index = gather_columns(image_emb, text_emb, axis_name)
+  columns = {"image": all_image, "text": all_text}
+  rows = {"image": image_emb, "text": text_emb, "index": index}
+
+  if not chunk_size or chunk_size >= n:
+    sums = row_fn(rows, columns)
+  else:
+    if n % chunk_size:
+      raise ValueError(
+          f"chunk_size={chunk_size} must divide the number of local rows {n} (the per-device "
+          f"batch); set config.loss.chunk_size to a divisor of it, or 0 for no chunking.")
+    num_chunks = n // chunk_size
+    blocks = jax.tree.map(lambda x: x.reshape(num_chunks, chunk_size, *x.shape[1:]), rows)
+
+    # Rematerialised: the backward pass recomputes the block's R x N matrices from its rows.
+    @jax.checkpoint
+    def block_sums(block):
+      return row_fn(block, columns)
+
+    def body(total, block):
+      return jax.tree.map(jnp.add, total, block_sums(block)), None
+
+    first = jax.tree.map(lambda x: x[0], blocks)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(block_sums, first))
+    sums, _ = jax.lax.scan(body, zeros, blocks)
+
+  global_n = n
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+    global_n = all_image.shape[0]
+  return sums, global_n
+
+
+def own_column(matrix: jax.Array, index: jax.Array) -> jax.Array:
+  """[R, N] rows, [R] global indices -> [R] entries matrix[r, index[r]] (each row's own pair)."""
+  return jnp.take_along_axis(matrix, index[:, None], axis=1)[:, 0]
+
+
+def strictly_best(matrix: jax.Array, index: jax.Array) -> jax.Array:
+  """[R] 1.0 where the row's own entry is strictly above every other entry of its row, else 0.0.
+
+  Ties count against the model (a collapsed model scores 0), as in evaluation.metrics.
+  """
+  own = own_column(matrix, index)
+  is_own = jnp.arange(matrix.shape[1])[None, :] == index[:, None]
+  others = jnp.max(jnp.where(is_own, -jnp.inf, matrix), axis=1)
+  return (own > others).astype(matrix.dtype)
