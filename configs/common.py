@@ -26,13 +26,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pool = "cls"  # cls | gap
   c.model.stem = "patch"  # patch (CLIP's linear patchify) | conv (3x3 stride-2 convolutions)
   c.model.remat = False
+  c.model.init_scale = 1 / 0.07  # initial exp(logit_scale), clamped to 100 (CLIP); SigLIP: 10
+  c.model.init_bias = -10.0  # initial logit bias, for losses that have one (SigLIP)
   c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "rankclip"  # rankclip (with both weights 0: plain CLIP)
-  c.loss.cross_weight = 1 / 16  # RankCLIP's cross-modal ranking weight (authors: r(t) / 16)
-  c.loss.inmodal_weight = 1 / 16  # in-modal ranking weight
+  # rankclip (both weights 0: plain CLIP) | cyclip (the weights are CyCLIP's lambda_2, lambda_1) |
+  # siglip (pairwise sigmoid with a learnable bias; the weights must be 0)
+  c.loss.name = "rankclip"
+  c.loss.cross_weight = 1 / 16  # cross-modal term's weight (RankCLIP authors: r(t) / 16)
+  c.loss.inmodal_weight = 1 / 16  # in-modal term's weight
   c.loss.weight_schedule = "ramp"  # ramp: weight * clip(3 * step / total_steps, 0, 2) | constant
+  # How the loss runs over the mesh (rankclip_jax/losses/rowwise.py): "sharded" (each device its own
+  # rows against the gathered batch: (N/P) x N memory) | "plain" (full N x N matrices, XLA decides).
+  c.loss.strategy = "sharded"
+  c.loss.chunk_size = 0  # rows per rematerialised block (0: all local rows at once)
+
+  # Contrastive gradient accumulation (GradCache): embed the global batch in this many micro-batches
+  # without gradient, take the loss gradient w.r.t. the embeddings on the whole batch, then
+  # backpropagate micro-batch by micro-batch. The gradient equals the full-batch one.
+  c.microbatches = 1
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 5e-4

@@ -6,7 +6,8 @@ import jax
 
 from rankclip_jax.models.two_towers import SIZES
 
-LOSSES = ("rankclip",)
+LOSSES = ("rankclip", "cyclip", "siglip")
+LOSS_STRATEGIES = ("sharded", "plain")
 WEIGHT_SCHEDULES = ("ramp", "constant")
 SOURCE_KINDS = ("synthetic",)
 EVAL_KINDS = ("zero_shot", "retrieval")
@@ -42,10 +43,26 @@ def validate_config(config, *, num_devices: int | None = None,
   _require(c.image_size % patch == 0,
            f"config.image_size={c.image_size} must be a multiple of the patch size {patch} of "
            f"model size {c.model.size!r}.")
+  _require(c.model.init_scale > 0, f"config.model.init_scale={c.model.init_scale} must be > 0.")
   _require(c.context_length >= 3, f"config.context_length={c.context_length} must be >= 3.")
   _require(c.loss.name in LOSSES, f"config.loss.name={c.loss.name!r}; choose one of {LOSSES}.")
   for w in ("cross_weight", "inmodal_weight"):
     _require(c.loss[w] >= 0, f"config.loss.{w}={c.loss[w]} must be >= 0 (0 switches it off).")
+  if c.loss.name == "siglip":
+    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
+             "config.loss.name='siglip' has no ranking or cyclic terms: set "
+             "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
+             "configs/siglip_synthetic.py).")
+  _require(c.loss.strategy in LOSS_STRATEGIES,
+           f"config.loss.strategy={c.loss.strategy!r}; choose one of {LOSS_STRATEGIES}.")
+  _require(c.microbatches >= 1 and c.batch_size % (c.microbatches * n) == 0,
+           f"config.microbatches={c.microbatches}: the global batch {c.batch_size} must split into "
+           f"that many micro-batches, each divisible by the {n} devices.")
+  local_rows = c.batch_size // n if c.loss.strategy == "sharded" else c.batch_size
+  _require(c.loss.chunk_size >= 0 and (c.loss.chunk_size == 0 or local_rows % c.loss.chunk_size == 0),
+           f"config.loss.chunk_size={c.loss.chunk_size} must be 0 (no chunking) or divide the "
+           f"{local_rows} rows each device computes (batch {c.batch_size}, strategy "
+           f"{c.loss.strategy!r}, {n} devices).")
   _require(c.loss.weight_schedule in WEIGHT_SCHEDULES,
            f"config.loss.weight_schedule={c.loss.weight_schedule!r}; choose one of "
            f"{WEIGHT_SCHEDULES}.")

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from jax.sharding import PartitionSpec as P
 
 from rankclip_jax import checkpointing
 from rankclip_jax import optim
@@ -31,9 +32,12 @@ from rankclip_jax.data import pipeline
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
-from rankclip_jax.losses import rankclip_loss, ranking_weight_multiplier
+from rankclip_jax.losses import cyclip_loss, rankclip_loss, ranking_weight_multiplier, siglip_loss
 from rankclip_jax.models import build_model
 from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale
+
+
+LOSSES_WITH_BIAS = ("siglip",)
 
 
 @flax.struct.dataclass
@@ -57,22 +61,102 @@ def state_shardings(abstract_state: TrainState, mesh, config) -> TrainState:
                     opt_state=shd.shardings_like(abstract_state.opt_state, params, mesh))
 
 
-def loss_and_metrics(params, batch, step, *, model, config):
-  """The training objective on one global batch; returns (loss, metrics)."""
-  image_emb, text_emb, logit_scale = model.apply({"params": params}, batch["image"], batch["text"])
-  multiplier = ranking_weight_multiplier(step, config.total_steps, config.loss.weight_schedule)
-  loss, metrics = rankclip_loss(
-      image_emb, text_emb, jnp.exp(logit_scale),
-      cross_weight=config.loss.cross_weight * multiplier,
-      inmodal_weight=config.loss.inmodal_weight * multiplier)
-  metrics = dict(metrics, logit_scale=logit_scale, scale=jnp.exp(logit_scale))
-  return loss, metrics
+def make_objective(config, mesh):
+  """-> objective(image_emb, text_emb, logit_scale, logit_bias, step) -> (loss, metrics).
+
+  The loss named by config.loss.name, with the ranking/cyclic weights on their schedule, run by the
+  strategy of config.loss.strategy: "sharded" wraps it in shard_map over the batch axes of the mesh
+  (each device its own rows; see losses/rowwise.py), "plain" leaves the N x N matrices to XLA.
+  """
+  lc = config.loss
+  chunk_size = lc.chunk_size or None
+
+  def objective(image_emb, text_emb, logit_scale, logit_bias, multiplier, *, axis_name):
+    scale = jnp.exp(logit_scale)
+    kw = dict(axis_name=axis_name, chunk_size=chunk_size)
+    if lc.name == "siglip":
+      return siglip_loss(image_emb, text_emb, scale, logit_bias, **kw)
+    loss_fn = {"rankclip": rankclip_loss, "cyclip": cyclip_loss}[lc.name]
+    return loss_fn(image_emb, text_emb, scale, cross_weight=lc.cross_weight * multiplier,
+                   inmodal_weight=lc.inmodal_weight * multiplier, **kw)
+
+  if lc.strategy == "sharded":
+    batch = P(shd.DATA_AXES)
+    run = jax.shard_map(functools.partial(objective, axis_name=shd.DATA_AXES), mesh=mesh,
+                        in_specs=(batch, batch, P(), P(), P()), out_specs=(P(), P()))
+  else:
+    run = functools.partial(objective, axis_name=None)
+
+  def objective_at_step(image_emb, text_emb, logit_scale, logit_bias, step):
+    multiplier = ranking_weight_multiplier(step, config.total_steps, lc.weight_schedule)
+    if logit_bias is None:
+      logit_bias = jnp.zeros((), jnp.float32)
+    loss, metrics = run(image_emb, text_emb, logit_scale, logit_bias, multiplier)
+    return loss, dict(metrics, logit_scale=logit_scale, scale=jnp.exp(logit_scale))
+
+  return objective_at_step
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, config):
-  grad_fn = jax.value_and_grad(
-      functools.partial(loss_and_metrics, model=model, config=config), has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch, state.step)
+def _split_microbatches(x, m):
+  """[B, ...] -> [m, B/m, ...], micro-batch k = rows k, m + k, 2m + k, ...: strided, so each
+  micro-batch is spread over every device's block of the batch."""
+  return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+
+
+def _merge_microbatches(x):
+  """Inverse of _split_microbatches: [m, B/m, ...] -> [B, ...] in the original row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def loss_and_grads(params, batch, step, *, model, objective, microbatches: int = 1):
+  """((loss, metrics), grads) of the objective on one global batch.
+
+  microbatches > 1: contrastive gradient accumulation (GradCache, Gao et al. 2021). The loss couples
+  every pair of the batch, so summing per-micro-batch gradients would be wrong; instead
+    1. embed the whole batch, micro-batch by micro-batch, without gradient;
+    2. take the gradient of the loss w.r.t. the embeddings (and logit scale/bias) on the full batch;
+    3. re-embed each micro-batch and backpropagate its slice of that gradient into the towers.
+  Activation memory is one micro-batch's; the gradient equals the full-batch one (float tolerance).
+  """
+
+  def scalars(p):
+    _, _, logit_scale = model.apply({"params": p}, None, None)
+    return logit_scale, p.get("logit_bias")
+
+  if microbatches == 1:
+    def full(p):
+      image_emb, text_emb, _ = model.apply({"params": p}, batch["image"], batch["text"])
+      return objective(image_emb, text_emb, *scalars(p), step)
+    return jax.value_and_grad(full, has_aux=True)(params)
+
+  def embed(p, mb):
+    image_emb, text_emb, _ = model.apply({"params": p}, mb["image"], mb["text"])
+    return image_emb, text_emb
+
+  micro = jax.tree.map(lambda x: _split_microbatches(x, microbatches), batch)
+  image_m, text_m = jax.lax.map(lambda mb: embed(jax.lax.stop_gradient(params), mb), micro)
+  image_emb, text_emb = _merge_microbatches(image_m), _merge_microbatches(text_m)
+
+  def from_embeddings(image_emb, text_emb, p):
+    return objective(image_emb, text_emb, *scalars(p), step)
+
+  (loss, metrics), (g_image, g_text, grads) = jax.value_and_grad(
+      from_embeddings, argnums=(0, 1, 2), has_aux=True)(image_emb, text_emb, params)
+
+  def backprop(acc, xs):
+    mb, gi, gt = xs
+    _, vjp = jax.vjp(lambda p: embed(p, mb), params)
+    (g,) = vjp((gi, gt))
+    return jax.tree.map(jnp.add, acc, g), None
+
+  grads, _ = jax.lax.scan(backprop, grads, (micro, _split_microbatches(g_image, microbatches),
+                                            _split_microbatches(g_text, microbatches)))
+  return (loss, metrics), grads
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1):
+  (_, metrics), grads = loss_and_grads(state.params, batch, state.step, model=model,
+                                       objective=objective, microbatches=microbatches)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
@@ -90,7 +174,9 @@ class Trainer:
     self.config = config
     self.mesh = shd.make_mesh(config.mesh)
     self.tokenizer = ClipTokenizer(config.context_length)
-    self.model = build_model(config.model, context_length=config.context_length)
+    self.model = build_model(config.model, context_length=config.context_length,
+                             logit_bias=config.loss.name in LOSSES_WITH_BIAS)
+    self.objective = make_objective(config, self.mesh)
     self.tx, self.schedule = optim.make_optimizer(config.optim, config.total_steps)
     init = functools.partial(init_state, self.model, self.tx, config=config)
     self.abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
@@ -98,7 +184,7 @@ class Trainer:
     self._init = jax.jit(init, out_shardings=self.state_shardings)
     self.batch_sharding = shd.batch_sharding(self.mesh)
     step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                             config=config)
+                             objective=self.objective, microbatches=config.microbatches)
     self.train_step = jax.jit(
         step, in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, shd.replicated(self.mesh)), donate_argnums=0)
@@ -122,6 +208,12 @@ class Trainer:
     """This process's numpy batch -> one global jax.Array per field, split over the mesh."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, local_batch[k])
             for k in ("image", "text")}
+
+
+# Loss terms shown on the progress line when the loss reports them: (metric, short name).
+_PROGRESS_TERMS = (("clip_loss", "clip"), ("cross_rank_loss", "cross"),
+                   ("inmodal_rank_loss", "inmodal"), ("cross_cyclic_loss", "cross"),
+                   ("inmodal_cyclic_loss", "inmodal"), ("bias", "bias"))
 
 
 def _format_duration(seconds: float) -> str:
@@ -202,10 +294,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write_scalars(step, scalars)
       if not math.isfinite(scalars["train/loss"]):
         raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}; stopping.")
-      _print(f"step {step}/{total} | loss {scalars['train/loss']:.4f} "
-             f"(clip {scalars['train/clip_loss']:.4f}, cross {scalars['train/cross_rank_loss']:.4f}, "
-             f"inmodal {scalars['train/inmodal_rank_loss']:.4f}) | scale {scalars['train/scale']:.1f}"
-             f" | {scalars['examples_per_sec']:.0f} ex/s | ETA "
+      terms = ", ".join(f"{short} {scalars['train/' + key]:.4f}"
+                        for key, short in _PROGRESS_TERMS if "train/" + key in scalars)
+      _print(f"step {step}/{total} | loss {scalars['train/loss']:.4f} ({terms}) "
+             f"| scale {scalars['train/scale']:.1f} | {scalars['examples_per_sec']:.0f} ex/s | ETA "
              f"{_format_duration((total - step) / max(steps_per_s, 1e-9))}")
     ckpt.save(step, state, train_iter, config_dict, force=(step == total))
     if step % config.eval_every_steps == 0 and step != total:

@@ -9,7 +9,8 @@ from ml_collections import config_flags
 
 from rankclip_jax.config_validation import ConfigError, validate_config
 
-CONFIGS = ["configs/rankclip_synthetic.py", "configs/clip_synthetic.py", "configs/rankclip_cc3m.py"]
+CONFIGS = ["configs/rankclip_synthetic.py", "configs/clip_synthetic.py", "configs/cyclip_synthetic.py",
+           "configs/siglip_synthetic.py", "configs/rankclip_cc3m.py"]
 
 
 def parse(argv):
@@ -71,6 +72,11 @@ def test_typo_fails_main_before_any_work(tmp_path):
     ("loss.cross_weight", -1.0, "config.loss.cross_weight"),
     ("image_size", 60, "multiple of the patch size"),
     ("optim.warmup_steps", 5000, "config.optim.warmup_steps"),
+    ("loss.name", "infonce", "config.loss.name"),
+    ("loss.strategy", "ring", "config.loss.strategy"),
+    ("loss.chunk_size", 3, "config.loss.chunk_size=3 must be 0 .* divide the 8 rows"),
+    ("microbatches", 3, "config.microbatches=3"),
+    ("model.init_scale", 0.0, "config.model.init_scale"),
 ])
 def test_bad_values_are_rejected_with_the_field_named(field, value, match):
   c = parse(["--config=configs/rankclip_synthetic.py"])
@@ -80,6 +86,12 @@ def test_bad_values_are_rejected_with_the_field_named(field, value, match):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ConfigError, match=match):
+    validate_config(c, num_devices=8, process_count=1)
+
+
+def test_siglip_rejects_ranking_weights():
+  c = parse(["--config=configs/siglip_synthetic.py", "--config.loss.cross_weight=0.1"])
+  with pytest.raises(ConfigError, match="siglip.*cross_weight=0"):
     validate_config(c, num_devices=8, process_count=1)
 
 

@@ -1,5 +1,6 @@
 """Training end to end on 8 fake CPU devices: learning, resume, checkpoints, metrics files."""
 
+import functools
 import glob
 import json
 import os
@@ -51,8 +52,9 @@ def fixed_batch(trainer, seed=123):
 
 
 def eval_loss(trainer, state, batch):
-  loss, _ = train.loss_and_metrics(state.params, batch, jnp.int32(0), model=trainer.model,
-                                   config=trainer.config)
+  (loss, _), _ = jax.jit(functools.partial(
+      train.loss_and_grads, model=trainer.model, objective=trainer.objective))(
+          state.params, batch, jnp.int32(0))
   return float(loss)
 
 
@@ -92,6 +94,51 @@ def test_fsdp_and_data_parallel_give_the_same_loss():
       kernel = state.params["image"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
       assert "fsdp" in str(kernel.sharding.spec)
   np.testing.assert_allclose(losses["dp"], losses["fsdp"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("loss_name", ["rankclip", "cyclip", "siglip"])
+def test_loss_strategies_and_gradcache_give_the_full_batch_gradient(loss_name):
+  # The same params and batch through the real model on the 8-device mesh: sharded loss (default),
+  # plain loss, sharded + chunked, and GradCache with 4 micro-batches (+ chunking) must all give
+  # the plain full-batch loss and gradient.
+  over = {"loss.name": loss_name, "batch_size": 32, "loss.weight_schedule": "constant"}
+  if loss_name == "siglip":
+    over.update({"loss.cross_weight": 0.0, "loss.inmodal_weight": 0.0})
+  variants = {
+      "plain": {"loss.strategy": "plain"},
+      "gradcache_sharded_chunked": {"microbatches": 2, "loss.chunk_size": 2},
+  }
+  if loss_name == "rankclip":
+    variants.update({
+        "sharded": {},
+        "sharded_chunked": {"loss.chunk_size": 2},
+        "gradcache": {"microbatches": 4},
+        "gradcache_chunked_plain": {"microbatches": 2, "loss.chunk_size": 8,
+                                    "loss.strategy": "plain"},
+    })
+  results = {}
+  for name, extra in variants.items():
+    trainer = train.Trainer(micro_config(**over, **extra))
+    state = trainer.init()
+    batch = fixed_batch(trainer)
+    f = jax.jit(functools.partial(train.loss_and_grads, model=trainer.model,
+                                  objective=trainer.objective,
+                                  microbatches=trainer.config.microbatches))
+    (loss, metrics), grads = f(state.params, batch, jnp.int32(3))
+    results[name] = (float(loss), jax.tree.map(np.asarray, jax.device_get(grads)))
+  assert ("logit_bias" in results["plain"][1]) == (loss_name == "siglip")
+  ref_loss, ref_grads = results["plain"]
+  for name, (loss, grads) in results.items():
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=name)
+    flat_ref = jax.tree_util.tree_leaves_with_path(ref_grads)
+    flat = jax.tree.leaves(grads)
+    assert len(flat) == len(flat_ref)
+    for (path, want), got in zip(flat_ref, flat):
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6,
+                                 err_msg=f"{name} {jax.tree_util.keystr(path)}")
+  # The gradient is not trivially zero anywhere that matters.
+  assert np.abs(ref_grads["logit_scale"]) > 0
+  assert np.abs(ref_grads["image"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]).max() > 0
 
 
 def _params_np(state):

@@ -71,6 +71,9 @@ class TwoTowers(nn.Module):
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
   logit_scale_max: float = LOGIT_SCALE_MAX
+  # A learnable logit bias (SigLIP's b), a scalar parameter "logit_bias"; None: no such parameter.
+  # The loss reads it from the parameters (it is not part of __call__'s outputs).
+  logit_bias_init: Optional[float] = None
 
   def setup(self):
     s = self.sizes
@@ -84,6 +87,9 @@ class TwoTowers(nn.Module):
         act=self.act, remat=self.remat, dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
+    if self.logit_bias_init is not None:
+      self.logit_bias = self.param(
+          "logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32)
 
   def encode_image(self, images):
     """[B, H, W, 3] -> L2-normalised float32 [B, embed_dim]."""
@@ -100,8 +106,10 @@ class TwoTowers(nn.Module):
     return image_emb, text_emb, clamp_logit_scale(self.logit_scale, self.logit_scale_max)
 
 
-def build_model(model_config, *, context_length: int) -> TwoTowers:
-  """Builds TwoTowers from `config.model` (fields: size, act, pool, stem, remat, dtype)."""
+def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
+  """Builds TwoTowers from `config.model` (fields: size, act, pool, stem, remat, dtype, init_scale,
+  init_bias). `logit_bias`: give the model a learnable logit bias initialised at init_bias (the
+  trainer asks for it when the loss has one: SigLIP)."""
   if model_config.size not in SIZES:
     raise ValueError(
         f"config.model.size={model_config.size!r} is not a known size; choose one of "
@@ -111,4 +119,6 @@ def build_model(model_config, *, context_length: int) -> TwoTowers:
     raise ValueError(f"config.model.dtype={model_config.dtype!r}; choose one of {sorted(dtypes)}.")
   return TwoTowers(
       sizes=SIZES[model_config.size], context_length=context_length, act=model_config.act,
-      pool=model_config.pool, stem=model_config.stem, remat=model_config.remat, dtype=dtypes[model_config.dtype])
+      pool=model_config.pool, stem=model_config.stem, remat=model_config.remat,
+      dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
+      logit_bias_init=float(model_config.init_bias) if logit_bias else None)
