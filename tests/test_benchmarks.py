@@ -1,0 +1,27 @@
+"""The benchmark scripts run in CI-sized settings and print every row they promise."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_loss_bench_runs_on_cpu_with_every_strategy():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.loss_bench", "--sizes", "64", "128", "--dim", "16",
+       "--chunk", "16", "--repeats", "1"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| 64 ") or
+          line.startswith("| 128 ")]
+  names = {"clip", "rankclip plain", "rankclip chunked", "clip sharded", "rankclip sharded",
+           "rankclip sharded+chunked", "rax listmle (4 terms)"}
+  for n in ("64", "128"):
+    got = {r.split("|")[2].strip() for r in rows if r.split("|")[1].strip() == n}
+    assert got == names, (n, got, proc.stdout)
+  for r in rows:  # a time and XLA's scratch size for every row (no timing is asserted)
+    cells = [c.strip() for c in r.split("|")]
+    assert float(cells[3]) > 0 and float(cells[4]) >= 0, r
