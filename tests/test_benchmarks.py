@@ -12,11 +12,14 @@ def test_loss_bench_runs_on_cpu_with_every_strategy():
              JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.loss_bench", "--sizes", "64", "128", "--dim", "16",
-       "--chunk", "16", "--repeats", "1"],
+       "--chunk", "16", "--repeats", "1", "--model_step", "micro", "--model_dtype", "float32"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith("| 64 ") or
-          line.startswith("| 128 ")]
+  lines = proc.stdout.splitlines()
+  step_rows = [line for line in lines if "micro training step" in line]
+  assert len(step_rows) == 2 and all("% of the step" in r for r in step_rows), proc.stdout
+  rows = [line for line in lines if (line.startswith("| 64 ") or line.startswith("| 128 "))
+          and line not in step_rows]
   names = {"clip", "rankclip plain", "rankclip chunked", "clip sharded", "rankclip sharded",
            "rankclip sharded+chunked", "rax listmle (4 terms)"}
   for n in ("64", "128"):
