@@ -1,0 +1,140 @@
+"""Load a trained run into a notebook in one call, and use it on plain numpy / PIL input.
+
+    import rankclip_jax
+    m = rankclip_jax.load("runs/demo")            # a workdir, its checkpoints/ or checkpoints/<step>
+    img = m.encode_images([pil_image, uint8_array])        # [2, D], L2-normalised
+    txt = m.encode_texts(["a red circle.", "a star."])     # [2, D]
+    probs = m.classify(images, ["circle", "star"], templates=("a photo of a {}.",))
+
+The parameters are restored onto one local device (no mesh to set up), whatever mesh and sharding
+wrote the checkpoint: Orbax reshards on restore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from rankclip_jax import checkpointing
+from rankclip_jax import optim
+from rankclip_jax import train
+from rankclip_jax.data import pipeline
+from rankclip_jax.data.tokenizer import ClipTokenizer
+from rankclip_jax.evaluation import metrics
+from rankclip_jax.models import build_model
+
+
+def _resolve(path: str) -> tuple[str, Optional[int]]:
+  """workdir | workdir/checkpoints | workdir/checkpoints/<step> -> (checkpoints dir, step or None)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path.rstrip("/")), int(base)
+  if os.path.isdir(path):
+    return path, None
+  raise FileNotFoundError(
+      f"{path}: not a run. Pass a workdir (with a checkpoints/ folder), its checkpoints/ folder, "
+      "or one checkpoint, checkpoints/<step>.")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A restored model with its parameters, config and tokenizer, and helpers on plain inputs."""
+  model: Any
+  params: Any
+  config: ml_collections.ConfigDict
+  tokenizer: ClipTokenizer
+  step: int
+  batch_size: int = 256
+
+  def __post_init__(self):
+    self._image = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method="encode_image"))
+    self._text = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method="encode_text"))
+
+  @property
+  def logit_scale(self) -> float:
+    return float(np.exp(min(float(self.params["logit_scale"]), self.model.logit_scale_max)))
+
+  def preprocess(self, image) -> np.ndarray:
+    """PIL image or uint8 / float [H, W, 3] (or [H, W]) array -> normalised float32 [S, S, 3]."""
+    size = self.config.image_size
+    if not isinstance(image, Image.Image):
+      array = np.asarray(image)
+      if array.dtype != np.uint8:
+        array = np.clip(np.round(array * (255.0 if array.max() <= 1.0 else 1.0)), 0, 255)
+        array = array.astype(np.uint8)
+      image = Image.fromarray(array)
+    image = image.convert("RGB")
+    if image.size != (size, size):
+      image = image.resize((size, size), Image.BICUBIC)
+    return pipeline.normalize_image(np.asarray(image))
+
+  def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+    """A list of PIL images / arrays, or a uint8 [B, H, W, 3] array -> float32 [B, D] unit rows."""
+    batch = np.stack([self.preprocess(im) for im in images])
+    return self._batched(self._image, batch)
+
+  def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    """A list of strings -> float32 [B, D] unit rows (CLIP BPE, the run's context length)."""
+    if isinstance(texts, str):
+      raise TypeError("encode_texts takes a list of strings; wrap a single caption in [].")
+    return self._batched(self._text, np.asarray(self.tokenizer(list(texts))))
+
+  def class_embeddings(self, class_names: Sequence[str],
+                       templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+    """Prompt-ensemble class embeddings [C, D]: each template's embedding normalised, averaged,
+    renormalised."""
+    prompts = [t.format(c) for t in templates for c in class_names]
+    emb = self.encode_texts(prompts).reshape(len(templates), len(class_names), -1)
+    return metrics.ensemble_class_embeddings(emb)
+
+  def classify(self, images: Sequence[Any], class_names: Sequence[str],
+               templates: Sequence[str] = ("a photo of a {}.",)) -> np.ndarray:
+    """Zero-shot class probabilities [B, C]: softmax of the scaled image-class similarities."""
+    logits = self.logit_scale * self.encode_images(images) @ self.class_embeddings(
+        class_names, templates).T
+    return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+
+  def _batched(self, fn, x: np.ndarray) -> np.ndarray:
+    out = [np.asarray(fn(self.params, x[i:i + self.batch_size]))
+           for i in range(0, x.shape[0], self.batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, self.model.sizes.embed_dim), np.float32)
+
+
+def load(path: str, *, step: Optional[int] = None,
+         device: Optional[jax.Device] = None) -> LoadedModel:
+  """Restores a run (latest checkpoint, or `step`) onto one device (default: the first local one).
+
+  path: a workdir, its checkpoints/ folder, or checkpoints/<step>.
+  """
+  directory, path_step = _resolve(path)
+  step = path_step if step is None else step
+  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no finished checkpoint to load.")
+    if step not in ckpt.all_steps():
+      raise FileNotFoundError(f"{directory}: no checkpoint for step {step}; have {ckpt.all_steps()}.")
+    config = ml_collections.ConfigDict(ckpt.restore_config(step))
+    model = build_model(config.model, context_length=config.context_length,
+                        logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k, config), jax.random.key(0))
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract)
+    _, state = ckpt.restore(target, step=step)
+  finally:
+    ckpt.close()
+  return LoadedModel(model=model, params=state.params, config=config,
+                     tokenizer=ClipTokenizer(config.context_length), step=int(step))
