@@ -131,8 +131,8 @@ def load(path: str, *, step: Optional[int] = None,
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k, config), jax.random.key(0))
     sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          abstract)
+    target = checkpointing.abstract_with_shardings(abstract,
+                                                   jax.tree.map(lambda _: sharding, abstract))
     _, state = ckpt.restore(target, step=step)
   finally:
     ckpt.close()

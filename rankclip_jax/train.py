@@ -119,15 +119,15 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
   Activation memory is one micro-batch's; the gradient equals the full-batch one (float tolerance).
   """
 
-  def scalars(p):
-    _, _, logit_scale = model.apply({"params": p}, None, None)
-    return logit_scale, p.get("logit_bias")
-
   if microbatches == 1:
     def full(p):
-      image_emb, text_emb, _ = model.apply({"params": p}, batch["image"], batch["text"])
-      return objective(image_emb, text_emb, *scalars(p), step)
+      image_emb, text_emb, logit_scale = model.apply({"params": p}, batch["image"], batch["text"])
+      return objective(image_emb, text_emb, logit_scale, p.get("logit_bias"), step)
     return jax.value_and_grad(full, has_aux=True)(params)
+
+  def scalars(p):
+    _, _, logit_scale = model.apply({"params": p}, None, None)  # no tower runs
+    return logit_scale, p.get("logit_bias")
 
   def embed(p, mb):
     image_emb, text_emb, _ = model.apply({"params": p}, mb["image"], mb["text"])

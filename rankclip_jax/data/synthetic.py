@@ -614,26 +614,32 @@ TEMPLATE_WEIGHTS: dict[str, float] = {
     "background": 0.5, "all_objects": 1.0, "all_shapes": 2.5, "all_colours": 0.5, "count": 0.75,
     "count_main": 0.75, "full": 1.0,
 }
-_TEMPLATE_P = np.array([TEMPLATE_WEIGHTS[n] for n in CAPTION_TEMPLATE_NAMES]) / sum(
-    TEMPLATE_WEIGHTS.values())
+
+
+assert tuple(TEMPLATE_WEIGHTS) == CAPTION_TEMPLATE_NAMES
+
+
+def _template_drawer(weights: dict[str, float]):
+  """-> draw(scene, rng): a caption from a template drawn with probabilities prop. to `weights`."""
+  names = tuple(weights)
+  p = np.array([weights[n] for n in names]) / sum(weights.values())
+  return lambda scene, rng: make_caption(scene, names[int(rng.choice(len(names), p=p))], rng)
 
 
 # Monochrome images get captions that name no colour.
 MONOCHROME_TEMPLATE_WEIGHTS: dict[str, float] = {"shape": 3.0, "all_shapes": 2.5, "count": 0.5}
-_MONO_NAMES = tuple(MONOCHROME_TEMPLATE_WEIGHTS)
-_MONO_P = np.array([MONOCHROME_TEMPLATE_WEIGHTS[n] for n in _MONO_NAMES]) / sum(
-    MONOCHROME_TEMPLATE_WEIGHTS.values())
+_draw_random = _template_drawer(TEMPLATE_WEIGHTS)
+_draw_monochrome = _template_drawer(MONOCHROME_TEMPLATE_WEIGHTS)
 
 
 def monochrome_caption(scene: Scene, rng: np.random.Generator) -> str:
   """A caption with no colour word, for the grey-level rendering of `scene`."""
-  return make_caption(scene, _MONO_NAMES[int(rng.choice(len(_MONO_NAMES), p=_MONO_P))], rng)
+  return _draw_monochrome(scene, rng)
 
 
 def random_caption(scene: Scene, rng: np.random.Generator) -> str:
   """A caption from a template drawn with probabilities TEMPLATE_WEIGHTS."""
-  name = CAPTION_TEMPLATE_NAMES[int(rng.choice(len(CAPTION_TEMPLATE_NAMES), p=_TEMPLATE_P))]
-  return CAPTION_TEMPLATES[name](scene, rng)
+  return _draw_random(scene, rng)
 
 
 def full_caption(scene: Scene) -> str:

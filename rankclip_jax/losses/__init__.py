@@ -8,8 +8,6 @@ from rankclip_jax.losses.baselines import cyclip_loss
 from rankclip_jax.losses.baselines import siglip_loss
 from rankclip_jax.losses.contrastive import clip_logits
 from rankclip_jax.losses.contrastive import clip_loss
-from rankclip_jax.losses.contrastive import clip_loss_from_logits
-from rankclip_jax.losses.contrastive import top1_accuracy
 from rankclip_jax.losses.rankclip import rankclip_loss
 from rankclip_jax.losses.rankclip import ranking_weight_multiplier
 from rankclip_jax.losses.rankclip import SCHEDULES
@@ -20,12 +18,10 @@ __all__ = [
     "SCHEDULES",
     "clip_logits",
     "clip_loss",
-    "clip_loss_from_logits",
     "cyclip_loss",
     "plackett_luce_nll",
     "plackett_luce_nll_rows",
     "rankclip_loss",
     "ranking_weight_multiplier",
     "siglip_loss",
-    "top1_accuracy",
 ]

@@ -36,9 +36,9 @@ def cyclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
   """
 
   def row_fn(rows, columns):
-    sums, _, _ = contrastive.clip_row_sums(rows, columns, scale)
+    sums, logits, logits_t = contrastive.clip_row_sums(rows, columns, scale)
+    cross = (logits - logits_t) / scale  # rows of (L - L^T) / s, from the CLIP term's logits
     cos = lambda a, b: contrastive.clip_logits(a, b, 1.0)
-    cross = cos(rows["image"], columns["text"]) - cos(rows["text"], columns["image"])  # L - L^T
     inmodal = cos(rows["image"], columns["image"]) - cos(rows["text"], columns["text"])
     return dict(sums, cross=jnp.sum(cross * cross), inmodal=jnp.sum(inmodal * inmodal))
 

@@ -34,17 +34,6 @@ def clip_logits(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array) -> 
   return jnp.asarray(scale, dtype) * (image_emb @ text_emb.T)
 
 
-def clip_loss_from_logits(logits: jax.Array) -> jax.Array:
-  """[N, N] square logits, positives on the diagonal -> scalar symmetric cross-entropy."""
-  if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-    raise ValueError(f"clip loss needs square [N, N] logits, got shape {logits.shape}.")
-  diag = jnp.diagonal(logits)
-  # logsumexp over texts (axis 1) is the image->text CE; over images (axis 0) the text->image CE.
-  i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
-  t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
-  return 0.5 * (i2t + t2i)
-
-
 def clip_row_sums(rows: dict, columns: dict, scale) -> tuple[dict, jax.Array, jax.Array]:
   """Row-block terms of the CLIP loss (see rowwise.py) -> (sums, L rows [R, N], L^T rows [R, N]).
 
@@ -81,17 +70,3 @@ def clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
   sums, n = rowwise.sum_rows(lambda r, c: clip_row_sums(r, c, scale)[0], image_emb, text_emb,
                              axis_name=axis_name, chunk_size=chunk_size)
   return clip_metrics(sums, n)["clip_loss"]
-
-
-def top1_accuracy(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """[N, N] logits -> (i2t_top1, t2i_top1): fraction of rows / columns whose own pair wins.
-
-  A pair counts only if its logit is strictly above every other in its row (column), so ties are
-  counted against the model (a collapsed model scores 0, not a lucky 1), matching evaluation.metrics.
-  """
-  n = logits.shape[0]
-  diag = jnp.diagonal(logits)
-  off = jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, logits)
-  i2t = jnp.mean((diag > jnp.max(off, axis=1)).astype(jnp.float32))
-  t2i = jnp.mean((diag > jnp.max(off, axis=0)).astype(jnp.float32))
-  return i2t, t2i

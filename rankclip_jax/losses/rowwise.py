@@ -35,10 +35,6 @@ AxisName = Union[Hashable, Sequence[Hashable], None]
 RowFn = Callable[[dict, dict], dict]
 
 
-def _axis_size(axis_name) -> jax.Array:
-  return jax.lax.psum(1, axis_name)
-
-
 def gather_columns(image_emb, text_emb, axis_name: AxisName):
   """(all images [N, D], all texts [N, D], global index of the local rows [n])."""
   n = image_emb.shape[0]
