@@ -75,9 +75,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.train = synthetic_source(split="train", num_records=1_000_000)
   c.data.worker_count = 0  # grain worker processes (0: read in the main process with threads)
+  # Training crop: a random box of this fraction of the image area (aspect 3/4..4/3), resized to
+  # image_size (open_clip's CLIP recipe). Evaluation: resize the shorter side + centre crop.
+  c.data.crop_scale = (0.9, 1.0)
+  # Where TFDS evaluation sets (ImageNet, CIFAR, ...) are prepared as ArrayRecord; empty:
+  # $TFDS_DATA_DIR, else ~/tensorflow_datasets. See rankclip_jax/data/tfds_eval.py.
+  c.data.eval_data_dir = ""
   c.data.num_threads = 4
 
   c.evals = synthetic_evals()
+  return c
+
+
+def data_source(kind: str = "synthetic", **fields) -> ml_collections.ConfigDict:
+  """A training data source. Every kind's fields are present (the ones a kind does not use are
+  ignored), so that the source can be switched on the command line of any config:
+
+    --config.data.train.kind=csv --config.data.train.path=/data/cc3m/train.csv
+    --config.data.train.kind=webdataset --config.data.train.path='/data/cc3m/{00000..00331}.tar'
+
+  kind: synthetic (the embedded scenes) | webdataset (img2dataset tar shards) | csv (CSV/TSV).
+  path: file, directory, glob or brace pattern; several separated by commas (webdataset, csv).
+  image_key / caption_key: webdataset member extensions ('jpg;png' tries each in turn; default
+    'jpg;jpeg;png;webp' and 'txt') or csv column names (default 'image' and 'caption', the
+    RankCLIP/CyCLIP CSV format); empty means that default.
+  delimiter: csv only; empty means tab for .tsv files and comma otherwise.
+  The synthetic fields (split, num_records, ...) are described in synthetic_source.
+  """
+  c = ml_collections.ConfigDict(dict(
+      kind=kind, path="", image_key="", caption_key="", delimiter="",
+      split="train", num_records=1_000_000, min_objects=1, max_objects=3, caption_mode="random",
+      monochrome_fraction=0.0))
+  c.update(fields)
   return c
 
 
@@ -89,10 +118,9 @@ def synthetic_source(*, split: str, num_records: int, min_objects: int = 1, max_
   monochrome_fraction: share of grey-level images with colourless captions (takes away the colour
   shortcut so that shape is learnt; see SyntheticScenes).
   """
-  return ml_collections.ConfigDict(dict(
-      kind="synthetic", split=split, num_records=num_records, min_objects=min_objects,
-      max_objects=max_objects, caption_mode=caption_mode,
-      monochrome_fraction=monochrome_fraction))
+  return data_source("synthetic", split=split, num_records=num_records, min_objects=min_objects,
+                     max_objects=max_objects, caption_mode=caption_mode,
+                     monochrome_fraction=monochrome_fraction)
 
 
 def synthetic_evals(num_examples: int = 512) -> ml_collections.ConfigDict:
@@ -108,3 +136,25 @@ def synthetic_evals(num_examples: int = 512) -> ml_collections.ConfigDict:
       retrieval=dict(kind="retrieval", split="test", min_objects=1, max_objects=3,
                      num_examples=num_examples, seed=0),
   ))
+
+
+# The zero-shot benchmarks of the RankCLIP paper (ImageNet-1k, its shifts, CIFAR) by our dataset names
+# (rankclip_jax.data.tfds_eval.DATASETS).
+PAPER_ZERO_SHOT = ("imagenet1k", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r",
+                   "cifar10", "cifar100")
+
+
+def tfds_zero_shot(dataset: str, *, split: str = "", num_examples: int = 0, templates: str = "",
+                   data_dir: str = "") -> dict:
+  """Zero-shot classification on a TFDS evaluation set (split "": its test/validation split;
+  num_examples 0: all; templates "": the dataset's own, e.g. "imagenet1k_simple" for OpenAI's 7;
+  data_dir "": config.data.eval_data_dir)."""
+  return dict(kind="zero_shot", dataset=dataset, split=split, num_examples=num_examples,
+              templates=templates, data_dir=data_dir)
+
+
+def tfds_evals(names: str) -> ml_collections.ConfigDict:
+  """config.evals from a comma-separated list of evaluation sets ("none" or "": no evaluation);
+  the config argument of the real-data configs: --config=configs/rankclip_cc3m.py:cifar10,cifar100"""
+  names = [] if names.strip() in ("", "none") else [n.strip() for n in names.split(",") if n.strip()]
+  return ml_collections.ConfigDict({n: tfds_zero_shot(n) for n in names})

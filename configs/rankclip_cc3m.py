@@ -3,16 +3,19 @@
 Data it expects: CC3M as webdataset tar shards written by img2dataset (`{key}.jpg` + `{key}.txt`
 [+ `{key}.json`] per example), e.g.
   --config.data.train.path='/data/cc3m/{00000..00331}.tar'
-The tar-shard and CSV readers are the next piece of work (see the README, "Real data"); until they
-land, this config parses and validates everything else, and stops before training with a message
-saying so.
+or CSV/TSV files of (image path, caption) rows:
+  --config.data.train.kind=csv --config.data.train.path=/data/cc3m/train.csv
+See the README, "Real data", for obtaining CC3M with img2dataset.
+
+Evaluation: zero-shot ImageNet-1k, -V2, -Sketch, -A, -R, CIFAR-10/100 from TFDS ArrayRecord files
+under --config.data.eval_data_dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets); a set that is
+not prepared stops the run at start-up with the command that prepares it. Choose the sets with the
+config argument: --config=configs/rankclip_cc3m.py:cifar10,cifar100 (or :none).
 
 Recipe: AdamW lr 5e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.1 (none on norms, biases,
 logit_scale), 10k warmup steps then cosine, batch 128, 64 epochs of CC3M (~2.87M pairs), 224 px,
 CLIP BPE tokenizer with context 77, ranking weights r(t)/16 with the ramp schedule.
 """
-
-import ml_collections
 
 from configs import common
 
@@ -20,7 +23,9 @@ CC3M_TRAIN_PAIRS = 2_870_000  # what img2dataset typically retrieves of the 3.3M
 EPOCHS = 64
 
 
-def get_config():
+def get_config(evals: str | None = None):
+  """evals: the config argument, a comma-separated list of zero-shot evaluation sets (default: the
+  paper's, common.PAPER_ZERO_SHOT) or "none": --config=configs/rankclip_cc3m.py:cifar10,cifar100"""
   c = common.base_config()
   c.batch_size = 128
   c.total_steps = EPOCHS * CC3M_TRAIN_PAIRS // c.batch_size
@@ -38,11 +43,7 @@ def get_config():
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.1
   c.checkpoint.every_steps = 5000
-  c.data.train = ml_collections.ConfigDict(dict(
-      kind="webdataset",
-      path="",  # required: brace pattern or list of img2dataset tar shards
-      image_key="jpg",
-      caption_key="txt",
-  ))
+  c.data.train = common.data_source("webdataset", path="")  # required: see the docstring
   c.data.worker_count = 8
+  c.evals = common.tfds_evals(",".join(common.PAPER_ZERO_SHOT) if evals is None else evals)
   return c

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import jax
 
+from rankclip_jax.data import tfds_eval
 from rankclip_jax.models.two_towers import SIZES
 
 LOSSES = ("rankclip", "cyclip", "siglip")
 LOSS_STRATEGIES = ("sharded", "plain")
 WEIGHT_SCHEDULES = ("ramp", "constant")
-SOURCE_KINDS = ("synthetic",)
+SOURCE_KINDS = ("synthetic", "webdataset", "csv")
 EVAL_KINDS = ("zero_shot", "retrieval")
 ZERO_SHOT_TASKS = ("shape", "colour", "count", "combo")
 
@@ -75,16 +76,41 @@ def validate_config(config, *, num_devices: int | None = None,
            f"config.optim.betas={c.optim.betas} must be a pair, e.g. (0.9, 0.999).")
   _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
            "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
-  train = c.data.train
-  if train.kind not in SOURCE_KINDS:
-    raise ConfigError(
-        f"config.data.train.kind={train.kind!r} is not available in this version; choose one of "
-        f"{SOURCE_KINDS}. Readers for webdataset tar shards and CSV/TSV files (CC3M/CC12M as "
-        "written by img2dataset) are the next piece of work; see the README's 'Real data' section.")
+  _validate_source(c.data.train, "config.data.train")
+  lo, hi = c.data.crop_scale
+  _require(0 < lo <= hi <= 1, f"config.data.crop_scale={tuple(c.data.crop_scale)} must satisfy "
+           "0 < low <= high <= 1 (fractions of the image area), e.g. (0.9, 1.0).")
+  _require(c.data.worker_count >= 0, f"config.data.worker_count={c.data.worker_count} must be >= 0.")
   for name, ev in c.evals.items():
     _require(ev.kind in EVAL_KINDS, f"config.evals.{name}.kind={ev.kind!r}; choose one of "
              f"{EVAL_KINDS}.")
+    dataset = ev.get("dataset", "synthetic")
+    if ev.kind == "zero_shot" and dataset != "synthetic":
+      _require(dataset in tfds_eval.DATASETS,
+               f"config.evals.{name}.dataset={dataset!r}; choose 'synthetic' or one of "
+               f"{sorted(tfds_eval.DATASETS)}.")
+      _require(ev.get("num_examples", 0) >= 0,
+               f"config.evals.{name}.num_examples must be >= 0 (0: the whole split).")
+      continue
     if ev.kind == "zero_shot":
       _require(ev.task in ZERO_SHOT_TASKS, f"config.evals.{name}.task={ev.task!r}; choose one of "
                f"{ZERO_SHOT_TASKS}.")
     _require(ev.num_examples > 0, f"config.evals.{name}.num_examples must be > 0.")
+
+
+_PATH_EXAMPLES = {"webdataset": "'/data/cc3m/{00000..00331}.tar'", "csv": "/data/cc3m/train.csv"}
+
+
+def _validate_source(src, field: str) -> None:
+  _require(src.kind in SOURCE_KINDS,
+           f"{field}.kind={src.kind!r}; choose one of {SOURCE_KINDS}.")
+  if src.kind == "synthetic":
+    _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
+    _require(1 <= src.min_objects <= src.max_objects,
+             f"{field}: need 1 <= min_objects ({src.min_objects}) <= max_objects "
+             f"({src.max_objects}).")
+    return
+  path = src.path
+  _require(bool(path) and (not isinstance(path, str) or path.strip()),
+           f"{field}.path is empty: kind={src.kind!r} reads files; give them with "
+           f"--{field}.path={_PATH_EXAMPLES[src.kind]}.")

@@ -25,6 +25,7 @@ from PIL import Image
 from rankclip_jax import checkpointing
 from rankclip_jax import optim
 from rankclip_jax import train
+from rankclip_jax.data import images as image_ops
 from rankclip_jax.data import pipeline
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import metrics
@@ -65,7 +66,8 @@ class LoadedModel:
     return float(np.exp(min(float(self.params["logit_scale"]), self.model.logit_scale_max)))
 
   def preprocess(self, image) -> np.ndarray:
-    """PIL image or uint8 / float [H, W, 3] (or [H, W]) array -> normalised float32 [S, S, 3]."""
+    """PIL image or uint8 / float [H, W, 3] (or [H, W]) array -> normalised float32 [S, S, 3],
+    cropped like the evaluation data: shorter side resized to S (bicubic), central S x S."""
     size = self.config.image_size
     if not isinstance(image, Image.Image):
       array = np.asarray(image)
@@ -73,10 +75,8 @@ class LoadedModel:
         array = np.clip(np.round(array * (255.0 if array.max() <= 1.0 else 1.0)), 0, 255)
         array = array.astype(np.uint8)
       image = Image.fromarray(array)
-    image = image.convert("RGB")
-    if image.size != (size, size):
-      image = image.resize((size, size), Image.BICUBIC)
-    return pipeline.normalize_image(np.asarray(image))
+    # As in evaluation: transparency over white, shorter side to `size`, central square.
+    return pipeline.normalize_image(image_ops.center_crop(image_ops.to_rgb(image), size))
 
   def encode_images(self, images: Sequence[Any]) -> np.ndarray:
     """A list of PIL images / arrays, or a uint8 [B, H, W, 3] array -> float32 [B, D] unit rows."""

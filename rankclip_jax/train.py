@@ -29,6 +29,7 @@ from rankclip_jax import optim
 from rankclip_jax import sharding as shd
 from rankclip_jax.config_validation import validate_config
 from rankclip_jax.data import pipeline
+from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
@@ -45,20 +46,25 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # Running total of training examples the input pipeline skipped, per kind (data.records
+  # SKIP_KINDS): part of the state so that it is exact across hosts and survives resumption.
+  data_skipped: jax.Array
 
 
 def init_state(model, tx, rng, config) -> TrainState:
   images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   tokens = jnp.zeros((1, config.context_length), jnp.int32)
   params = model.init(rng, images, tokens)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    data_skipped=jnp.zeros((len(SKIP_KINDS),), jnp.int32))
 
 
 def state_shardings(abstract_state: TrainState, mesh, config) -> TrainState:
   params = shd.param_shardings(abstract_state.params, mesh, config.sharding.rules,
                                min_size=config.sharding.fsdp_min_size)
   return TrainState(step=shd.replicated(mesh), params=params,
-                    opt_state=shd.shardings_like(abstract_state.opt_state, params, mesh))
+                    opt_state=shd.shardings_like(abstract_state.opt_state, params, mesh),
+                    data_skipped=shd.replicated(mesh))
 
 
 def make_objective(config, mesh):
@@ -155,7 +161,8 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1):
-  (_, metrics), grads = loss_and_grads(state.params, batch, state.step, model=model,
+  model_batch = {"image": batch["image"], "text": batch["text"]}
+  (_, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
                                        objective=objective, microbatches=microbatches)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -163,7 +170,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   params = dict(params, logit_scale=clamp_logit_scale(params["logit_scale"], LOGIT_SCALE_MAX))
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
                  param_norm=optax.global_norm(params))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  data_skipped = state.data_skipped + jnp.sum(batch["skipped"], axis=0, dtype=jnp.int32)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    data_skipped=data_skipped), dict(metrics, data_skipped=data_skipped)
 
 
 class Trainer:
@@ -198,16 +207,18 @@ class Trainer:
   def train_iterator(self):
     c = self.config
     source = pipeline.make_source(c.data.train, image_size=c.image_size, seed=c.seed)
+    logging.info("Training data: %r", source)
     return pipeline.train_iterator(
         source, per_process_batch_size=c.batch_size // jax.process_count(), seed=c.seed,
-        tokenizer=self.tokenizer, process_index=jax.process_index(),
+        tokenizer=self.tokenizer, image_size=c.image_size, crop_scale=c.data.crop_scale,
+        process_index=jax.process_index(),
         process_count=jax.process_count(), worker_count=c.data.worker_count,
         num_threads=c.data.num_threads)
 
   def global_batch(self, local_batch: dict[str, np.ndarray]):
     """This process's numpy batch -> one global jax.Array per field, split over the mesh."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, local_batch[k])
-            for k in ("image", "text")}
+            for k in ("image", "text", "skipped")}
 
 
 # Loss terms shown on the progress line when the loss reports them: (metric, short name).
@@ -239,6 +250,8 @@ def _is_cpu() -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
   trainer = Trainer(config)
+  # Evaluation sets are opened first: a missing one stops the run before any training.
+  evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
   workdir = os.path.abspath(workdir)  # Orbax's tensorstore paths must be absolute
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -262,7 +275,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
          f"on {trainer.mesh.size} {jax.devices()[0].platform} device(s), mesh "
          f"{dict(trainer.mesh.shape)}; workdir {workdir}")
 
-  evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
   embedder = Embedder(trainer.model, trainer.mesh)
 
   def evaluate(step):
@@ -288,7 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       now = time.time()
       steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
       t_last, step_last = now, step
+      skipped = pipeline.skip_counts(metrics.pop("data_skipped"))
       scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+      scalars.update({f"data/skipped/{k}": v for k, v in skipped.items()})
       scalars.update({"examples_per_sec": steps_per_s * config.batch_size,
                       "steps_per_sec": steps_per_s})
       writer.write_scalars(step, scalars)
@@ -298,7 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         for key, short in _PROGRESS_TERMS if "train/" + key in scalars)
       _print(f"step {step}/{total} | loss {scalars['train/loss']:.4f} ({terms}) "
              f"| scale {scalars['train/scale']:.1f} | {scalars['examples_per_sec']:.0f} ex/s | ETA "
-             f"{_format_duration((total - step) / max(steps_per_s, 1e-9))}")
+             f"{_format_duration((total - step) / max(steps_per_s, 1e-9))}"
+             + (f" | skipped {sum(skipped.values())} bad examples so far" if any(skipped.values())
+                else ""))
     ckpt.save(step, state, train_iter, config_dict, force=(step == total))
     if step % config.eval_every_steps == 0 and step != total:
       m = evaluate(step)

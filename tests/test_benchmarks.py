@@ -28,3 +28,18 @@ def test_loss_bench_runs_on_cpu_with_every_strategy():
   for r in rows:  # a time and XLA's scratch size for every row (no timing is asserted)
     cells = [c.strip() for c in r.split("|")]
     assert float(cells[3]) > 0 and float(cells[4]) >= 0, r
+
+
+def test_input_bench_runs_on_tar_and_csv_with_and_without_workers(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.input_bench", "--num", "48", "--workers", "0", "1",
+       "--batch", "8", "--batches", "2", "--image_size", "32", "--dir", str(tmp_path)],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| ")
+          and not line.startswith("| source")]
+  assert {(r[1].strip(), r[2].strip()) for r in rows} == {
+      (s, w) for s in ("webdataset tar", "csv + jpeg files") for w in ("0", "1")}, proc.stdout
+  assert all(float(r[3]) > 0 for r in rows)
+  assert "tar index: 1 shards, 96 members" in proc.stdout

@@ -4,8 +4,17 @@ Training: an infinite, per-epoch reshuffled, per-process sharded, checkpointable
 yielding this process's slice of the global batch as numpy arrays. Evaluation: finite batches in
 order, the last one padded, with a `mask` marking real examples.
 
+Sources (config `kind`): `synthetic` (the embedded scenes, the default), `webdataset` (tar shards as
+img2dataset writes them), `csv` (image path + caption columns). Real images are decoded and cropped
+in the pipeline: a random resized crop for training, resize + centre crop for evaluation.
+
+Bad examples never stop a run: a source or the decode step turns them into skip markers
+(rankclip_jax.data.records); `DropSkipped` removes them and attaches to the next good example how
+many of each kind it dropped, so the counts ride in the batch (`skipped`: int32 [B, kinds]) through
+worker processes and hosts to the train step, which keeps their running total in the checkpoint.
+
 The pipeline knows nothing about models: it returns {"image": float32 [B, H, W, 3] normalised with
-the CLIP mean/std, "text": int32 [B, context_length], plus any integer labels of the source}.
+the CLIP mean/std, "text": int32 [B, context_length], "skipped", plus any integer labels}.
 """
 
 from __future__ import annotations
@@ -15,22 +24,39 @@ from typing import Any, Iterator, Mapping
 
 import grain
 import numpy as np
+from absl import logging
+from PIL import Image
 
-from rankclip_jax.data import synthetic
+from rankclip_jax.data import images, synthetic
+from rankclip_jax.data.csv_files import CsvSource
+from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skip_kind, skipped
 from rankclip_jax.data.tokenizer import ClipTokenizer
+from rankclip_jax.data.webdataset import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS, WebDatasetSource
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
-SOURCE_KINDS = ("synthetic",)
+SOURCE_KINDS = ("synthetic", "webdataset", "csv")
+# A run whose data is this many bad examples in a row is stopped: it would never make a batch.
+MAX_CONSECUTIVE_SKIPS = 10_000
 
 
 def normalize_image(image_uint8: np.ndarray) -> np.ndarray:
   return (image_uint8.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
-def make_source(source_config, *, image_size: int, seed: int, split: str | None = None):
-  """A random-access source from a data config (`kind` plus the kind's own fields)."""
+def _extensions(value) -> tuple[str, ...]:
+  """'jpg;png' or ('jpg', 'png') -> ('jpg', 'png') (webdataset's way of naming alternatives)."""
+  parts = value.split(";") if isinstance(value, str) else list(value)
+  return tuple(p.strip().lower().lstrip(".") for p in parts if p.strip())
+
+
+def make_source(source_config, *, image_size: int, seed: int, split: str | None = None,
+                field: str = "config.data.train"):
+  """A random-access source from a data config (`kind` plus the kind's own fields).
+
+  `field` names the config entry in error messages (e.g. "config.data.train").
+  """
   kind = source_config.kind
   if kind == "synthetic":
     return synthetic.SyntheticScenes(
@@ -39,61 +65,175 @@ def make_source(source_config, *, image_size: int, seed: int, split: str | None 
         min_objects=int(source_config.min_objects), max_objects=int(source_config.max_objects),
         caption_mode=source_config.get("caption_mode", "random"),
         monochrome_fraction=float(source_config.get("monochrome_fraction", 0.0)))
+  if kind == "webdataset":
+    return WebDatasetSource(
+        source_config.path, image_exts=_extensions(source_config.image_key or DEFAULT_IMAGE_EXTS),
+        caption_exts=_extensions(source_config.caption_key or DEFAULT_CAPTION_EXTS),
+        field=f"{field}.path")
+  if kind == "csv":
+    return CsvSource(source_config.path, image_key=source_config.image_key or "image",
+                     caption_key=source_config.caption_key or "caption",
+                     delimiter=source_config.delimiter, field=f"{field}.path")
   raise ValueError(
-      f"Unknown data source kind {kind!r}; choose one of {SOURCE_KINDS}.")
+      f"Unknown data source kind {kind!r} in {field}.kind; choose one of {SOURCE_KINDS}.")
+
+
+@dataclasses.dataclass
+class DecodeImage(grain.transforms.RandomMap):
+  """Raw record -> {"image": uint8 [S, S, 3], "caption": str, ...}, or a skip marker.
+
+  Accepts encoded bytes (`image_bytes`), a PIL image, or a uint8 array (already S x S: passed
+  through). train: random resized crop of `crop_scale` of the area; else resize + centre crop.
+  """
+
+  image_size: int
+  train: bool = True
+  crop_scale: tuple[float, float] = (0.9, 1.0)
+
+  def random_map(self, record: Mapping[str, Any], rng: np.random.Generator):
+    if skip_kind(record):
+      return record
+    where = record.get("where", "?")
+    out = {k: v for k, v in record.items() if k not in ("image_bytes", "where")}
+    if "caption" in record:
+      caption = record["caption"].strip()
+      if not caption:
+        return skipped("empty_caption", where)
+      out["caption"] = caption
+    image = record["image_bytes"] if "image_bytes" in record else record["image"]
+    size = self.image_size
+    if isinstance(image, np.ndarray) and image.shape == (size, size, 3) and image.dtype == np.uint8:
+      out["image"] = image
+      return out
+    try:
+      if isinstance(image, (bytes, bytearray)):
+        image = images.decode_rgb(bytes(image), min_size=size)
+      elif isinstance(image, np.ndarray):
+        image = images.to_rgb(Image.fromarray(image))
+      else:
+        image = images.to_rgb(image)
+    except images.BadImage:
+      return skipped("unreadable_image", where)
+    out["image"] = (images.random_resized_crop(image, size, rng, scale=tuple(self.crop_scale))
+                    if self.train else images.center_crop(image, size))
+    return out
 
 
 @dataclasses.dataclass
 class Preprocess(grain.transforms.Map):
-  """Raw example -> model inputs. Picklable, so it runs in grain worker processes too."""
+  """Decoded example -> model inputs. Picklable, so it runs in grain worker processes too."""
 
   tokenizer: ClipTokenizer
   label_keys: tuple[str, ...] = ()
 
   def map(self, example: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {
-        "image": normalize_image(np.asarray(example["image"])),
-        "text": self.tokenizer(example["caption"])[0],
-    }
+    if skip_kind(example):
+      return example
+    out = {"image": normalize_image(np.asarray(example["image"]))}
+    if "caption" in example:
+      out["text"] = self.tokenizer(example["caption"])[0]
     for key in self.label_keys:
       out[key] = np.int32(example[key])
     return out
 
 
+class _DropSkippedIterator(grain.DatasetIterator):
+  _logged = 0
+
+  def __next__(self):
+    counts = np.zeros(len(SKIP_KINDS), np.int32)
+    while True:
+      record = next(self._parent)
+      kind = skip_kind(record)
+      if kind is None:
+        break
+      counts[SKIP_INDEX[kind]] += 1
+      if _DropSkippedIterator._logged < 20:
+        _DropSkippedIterator._logged += 1
+        logging.warning("Skipped an example (%s): %s", kind, record.get("where"))
+      if counts.sum() >= MAX_CONSECUTIVE_SKIPS:
+        raise RuntimeError(
+            f"{MAX_CONSECUTIVE_SKIPS} examples in a row could not be used (last: {kind}, "
+            f"{record.get('where')}; counts {dict(zip(SKIP_KINDS, counts.tolist()))}). The data "
+            "source is probably misconfigured (wrong paths, columns or member extensions).")
+    return dict(record, skipped=counts)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class DropSkipped(grain.IterDataset):
+  """Drops skip markers; each kept example carries `skipped`: int32 [len(SKIP_KINDS)], how many
+  of each kind were dropped just before it (so batches sum to exact counts, whatever the workers)."""
+
+  def __iter__(self):
+    return _DropSkippedIterator(self._parent.__iter__())
+
+
+def skip_counts(skipped_vector) -> dict[str, int]:
+  """int [len(SKIP_KINDS)] -> {"<kind>": count}."""
+  return {k: int(v) for k, v in zip(SKIP_KINDS, np.asarray(skipped_vector).tolist())}
+
+
 def train_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer: ClipTokenizer,
+                   image_size: int, crop_scale: tuple[float, float] = (0.9, 1.0),
                    process_index: int = 0, process_count: int = 1, worker_count: int = 0,
                    num_threads: int = 4, prefetch: int = 8) -> grain.DatasetIterator:
   """Infinite iterator over this process's batches; `get_state`/`set_state` give its position.
 
   Reshuffled every epoch from `seed`; process p reads examples p, p + P, p + 2P, ... of each epoch's
-  order, so the processes together see every example once per epoch.
+  order, so the processes together see every example once per epoch. Random crops are drawn from
+  (seed, position), so a resumed run sees exactly the pixels the uninterrupted one would have.
   """
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat(None)
         [process_index::process_count]
-        .map(Preprocess(tokenizer))
-        .batch(per_process_batch_size, drop_remainder=True))
-  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                             prefetch_buffer_size=prefetch))
+        .random_map(DecodeImage(image_size, train=True, crop_scale=tuple(crop_scale)),
+                    seed=seed + 1)
+        .map(Preprocess(tokenizer)))
+  ids = DropSkipped(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                         prefetch_buffer_size=prefetch)))
+  ids = ids.batch(per_process_batch_size, drop_remainder=True)
   if worker_count > 0:
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(ids)
 
 
-def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer,
-                 label_keys: tuple[str, ...] = (), captions: bool = False
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """All examples of `source` in order, in batches of `batch_size`; the last batch is padded.
+def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer, image_size: int,
+                 label_keys: tuple[str, ...] = (), captions: bool = False,
+                 skip_counter: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """All usable examples of `source` in order, in batches of `batch_size`; the last is padded.
 
+  Images are decoded and centre-cropped to `image_size` (arrays already that size pass through).
   Each batch has `mask` (True for real examples). With captions=True the raw caption strings come
-  along as a Python list under `caption` (for retrieval relevance by identical caption).
+  along as a Python list under `caption` (for retrieval relevance by identical caption). Examples
+  that cannot be used are left out and counted per kind into `skip_counter`.
   """
-  n = len(source)
+  decode = DecodeImage(image_size, train=False)
   pre = Preprocess(tokenizer, label_keys)
-  for start in range(0, n, batch_size):
-    raw = [source[i] for i in range(start, min(n, start + batch_size))]
-    items = [pre.map(r) for r in raw]
+  n = len(source)
+  i = 0
+  while i < n:
+    raw, items = [], []
+    while i < n and len(items) < batch_size:
+      try:
+        record = decode.random_map(source[i], None)
+      except images.BadImage as e:  # sources that decode themselves (TFDS)
+        record = skipped("unreadable_image", f"example {i}: {e}")
+      i += 1
+      kind = skip_kind(record)
+      if kind is not None:
+        if skip_counter is not None:
+          skip_counter[kind] = skip_counter.get(kind, 0) + 1
+        continue
+      raw.append(record)
+      items.append(pre.map(record))
+    if not items:
+      return
     real = len(items)
     items += [items[-1]] * (batch_size - real)
     batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
