@@ -6,8 +6,24 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# A compilation cache for this session only (a fresh directory each run, so nothing carries over
+# between runs): the many tests that build the same tiny model and step, in this process and in the
+# subprocesses they start, compile each computation once. Results are unchanged; only XLA compile
+# time is saved (about a third of the suite's time).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rankclip_jax_test_xla_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 # grain reads absl flags; outside app.run they must be marked parsed.
 flags.FLAGS.mark_as_parsed()
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+  if os.path.basename(cache).startswith("rankclip_jax_test_xla_cache_"):
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(cache, ignore_errors=True)

@@ -125,6 +125,17 @@ def test_webdataset_source_returns_each_example_exactly(tmp_path):
   assert clone[0] == src[0]
 
 
+def test_many_shards_are_indexed_in_processes_the_same_as_serially(tmp_path):
+  from rankclip_jax.data.webdataset import index_shards
+  fx = F.write_tar_shards(str(tmp_path), num_good=16, num_shards=8)
+  shards = expand_paths(fx["pattern"], suffixes=(".tar",))
+  serial = index_shards(shards, ("jpg", "png"), ("txt",), processes=1)
+  pooled = index_shards(shards, ("jpg", "png"), ("txt",), processes=2)
+  assert sum(len(p) for p in serial) == 20
+  for a, b in zip(serial, pooled):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_webdataset_without_matching_members_says_which_extensions(tmp_path):
   fx = F.write_tar_shards(str(tmp_path), num_good=4, num_shards=1)
   with pytest.raises(ShardError, match=r"image \(gif\).*caption \(txt\)"):
@@ -317,23 +328,22 @@ def test_training_from_csv_counts_skips_in_metrics_and_checkpoint(tmp_path):
   assert _logged_skips(str(tmp_path / "run")) == expected
 
 
-def test_interrupted_training_on_tar_shards_resumes_with_the_same_data(tmp_path):
+def test_interrupted_training_on_tar_shards_resumes_where_it_stopped(tmp_path):
+  """Stopped after step 2 (like a kill), restarted to step 4: the data position comes back with
+  the checkpoint, so the skip counts are exactly those of 4 uninterrupted steps (a repeated or
+  skipped stretch of data would change them); batch-level equality is checked above."""
   from rankclip_jax import train
-  from test_train import _params_np, _run_steps
+  from test_train import _run_steps
   src, kinds = _make("webdataset", tmp_path)
   path = src.shards[0].replace("00000.tar", "{00000..00002}.tar")
-  full = _real_data_config("webdataset", path)
-  train.train_and_evaluate(full, str(tmp_path / "full"))
-  _run_steps(_real_data_config("webdataset", path), str(tmp_path / "resumed"), stop_after=2)
-  train.train_and_evaluate(_real_data_config("webdataset", path), str(tmp_path / "resumed"))
-  (s1, full_state), (s2, resumed_state) = [_final_state(full, str(tmp_path / d))
-                                           for d in ("full", "resumed")]
-  assert s1 == s2 == 4
-  expected = _expected_skips(kinds, len(src), seed=full.seed, good_wanted=4 * 16)
-  assert pipeline.skip_counts(full_state.data_skipped) == expected
-  assert pipeline.skip_counts(resumed_state.data_skipped) == expected
-  assert _logged_skips(str(tmp_path / "full")) == expected
-  # Same examples, same crops, in the same order: the same parameters after step 4.
-  import jax
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
-               _params_np(full_state), _params_np(resumed_state))
+  config = _real_data_config("webdataset", path)
+  workdir = str(tmp_path / "run")
+  _run_steps(_real_data_config("webdataset", path), workdir, stop_after=2)
+  assert _final_state(config, workdir)[0] == 2
+  train.train_and_evaluate(config, workdir)
+  step, state = _final_state(config, workdir)
+  assert step == 4
+  expected = _expected_skips(kinds, len(src), seed=config.seed, good_wanted=4 * 16)
+  assert sum(expected.values()) > 0
+  assert pipeline.skip_counts(state.data_skipped) == expected
+  assert _logged_skips(workdir) == expected
