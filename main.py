@@ -12,6 +12,15 @@ from absl import logging
 from ml_collections import config_flags
 
 from rankclip_jax import train
+from rankclip_jax.config_validation import ConfigError
+from rankclip_jax.data.csv_files import CsvFormatError
+from rankclip_jax.data.files import DataPathError
+from rankclip_jax.data.tfds_eval import EvalDataNotFound
+from rankclip_jax.data.webdataset import ShardError
+
+# Problems with what the user gave (config values, data paths, data files): reported as one message
+# that names the field or file and the fix, before any training, without a traceback.
+USER_ERRORS = (ConfigError, DataPathError, ShardError, CsvFormatError, EvalDataNotFound)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with "
@@ -26,7 +35,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress lines go to stdout; library INFO chatter (Orbax, CLU) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    raise SystemExit(f"Error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -250,8 +250,10 @@ def _is_cpu() -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
   trainer = Trainer(config)
-  # Evaluation sets are opened first: a missing one stops the run before any training.
+  # Data are opened first: a missing evaluation set or training file stops the run before anything
+  # is written or trained.
   evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
+  train_iter = trainer.train_iterator()
   workdir = os.path.abspath(workdir)  # Orbax's tensorstore paths must be absolute
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -261,7 +263,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   config_dict = json.loads(config.to_json_best_effort())
 
-  train_iter = trainer.train_iterator()
   restored = ckpt.restore(trainer.abstract_state_with_shardings(), train_iter)
   if restored is None:
     state = trainer.init()
@@ -337,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _print("Results (held-out evaluation):\n" + results_table(final))
   ckpt.close()
   writer.close()
+  if hasattr(train_iter, "close"):
+    train_iter.close()  # stops grain's worker processes and frees their shared memory
   return final
 
 

@@ -347,3 +347,19 @@ def test_interrupted_training_on_tar_shards_resumes_where_it_stopped(tmp_path):
   assert sum(expected.values()) > 0
   assert pipeline.skip_counts(state.data_skipped) == expected
   assert _logged_skips(workdir) == expected
+
+
+def test_main_reports_a_bad_data_path_in_one_line_before_any_work(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(repo, "main.py"),
+       f"--config={os.path.join(repo, 'configs/rankclip_cc3m.py')}:none",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.train.path={tmp_path}/{{00000..00003}}.tar"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert proc.returncode != 0
+  assert f"Error: config.data.train.path='{tmp_path}/{{00000..00003}}.tar'" in proc.stderr
+  assert "00000.tar does not exist" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()

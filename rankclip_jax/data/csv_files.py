@@ -57,7 +57,7 @@ def read_rows(path: str, *, image_key: str, caption_key: str, delimiter: str,
         hint = (" The header looks like one column: is the delimiter right (delimiter="
                 f"{delimiter!r})?" if len(columns) == 1 else "")
         raise CsvFormatError(
-            f"{path} has no column {key!r} (config {field.rsplit('.', 1)[0]}.{what}); its columns "
+            f"{path} has no column {key!r} ({field.rsplit('.', 1)[0]}.{what}); its columns "
             f"are {columns}.{hint} Set --{field.rsplit('.', 1)[0]}.{what}=<column>.")
     images, captions = [], []
     try:

@@ -58,6 +58,10 @@ _IMAGENET_MANUAL = (
     "split) from https://image-net.org/download-images in {data_dir}/downloads/manual/.")
 
 
+class EvalDataNotFound(FileNotFoundError):
+  """An evaluation set is not prepared (as ArrayRecord) under data_dir; says how to prepare it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalDataset:
   """An evaluation dataset in TFDS and the keys of its zero-shot data in zeroshot/*.json."""
@@ -196,7 +200,7 @@ class TfdsEvalSource:
     self.builder_dir = prepared_dir(name, self.data_dir)
     where = f"{self.data_dir}/{self.dataset.tfds_name}/<version>/"
     if self.builder_dir is None:
-      raise FileNotFoundError(
+      raise EvalDataNotFound(
           f"Evaluation dataset {name!r} (TFDS {self.dataset.tfds_name!r}) is not prepared under "
           f"data_dir {self.data_dir!r}: no {where}dataset_info.json. Prepare it as ArrayRecord "
           f"with:\n  {self.dataset.prepare_hint(self.data_dir)}")
@@ -207,7 +211,7 @@ class TfdsEvalSource:
     info = builder.info
     formats = {info.file_format, *info.alternative_file_formats}
     if tfds.core.FileFormat.ARRAY_RECORD not in formats:
-      raise FileNotFoundError(
+      raise EvalDataNotFound(
           f"Evaluation dataset {name!r} is prepared at {self.builder_dir} as "
           f"{', '.join(sorted(str(f.value) for f in formats if f))}, which needs TensorFlow to "
           f"read; it must be prepared as ArrayRecord. Delete that directory and run:\n  "
