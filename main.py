@@ -12,15 +12,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from rankclip_jax import train
-from rankclip_jax.config_validation import ConfigError
-from rankclip_jax.data.csv_files import CsvFormatError
-from rankclip_jax.data.files import DataPathError
-from rankclip_jax.data.tfds_eval import EvalDataNotFound
-from rankclip_jax.data.webdataset import ShardError
-
-# Problems with what the user gave (config values, data paths, data files): reported as one message
-# that names the field or file and the fix, before any training, without a traceback.
-USER_ERRORS = (ConfigError, DataPathError, ShardError, CsvFormatError, EvalDataNotFound)
+from rankclip_jax.errors import USER_ERRORS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with "

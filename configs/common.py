@@ -135,6 +135,9 @@ def synthetic_evals(num_examples: int = 512) -> ml_collections.ConfigDict:
       zs_heldout_combo=zero_shot("combo", split="held_out"),
       retrieval=dict(kind="retrieval", split="test", min_objects=1, max_objects=3,
                      num_examples=num_examples, seed=0),
+      # Modality gap, alignment/uniformity, ranking consistency, embedding-space picture.
+      diagnostics=dict(kind="diagnostics", split="test", min_objects=1, max_objects=3,
+                       num_examples=num_examples, seed=0),
   ))
 
 
@@ -158,3 +161,20 @@ def tfds_evals(names: str) -> ml_collections.ConfigDict:
   the config argument of the real-data configs: --config=configs/rankclip_cc3m.py:cifar10,cifar100"""
   names = [] if names.strip() in ("", "none") else [n.strip() for n in names.split(",") if n.strip()]
   return ml_collections.ConfigDict({n: tfds_zero_shot(n) for n in names})
+
+
+def karpathy_retrieval(dataset: str, json_path: str, image_root: str, *, split: str = "test",
+                       num_examples: int = 0) -> dict:
+  """Image<->text retrieval on MSCOCO 5k ("coco") or Flickr30k 1k ("flickr30k") test: the
+  Karpathy split file (dataset_coco.json / dataset_flickr30k.json) and the folder of images
+  (COCO: the folder holding val2014/; Flickr30k: flickr30k-images/)."""
+  return dict(kind="retrieval", dataset=dataset, json_path=json_path, image_root=image_root,
+              split=split, num_examples=num_examples)
+
+
+def linear_probe(dataset: str, *, train_split: str = "train", split: str = "",
+                 num_train: int = 0, num_examples: int = 0, data_dir: str = "") -> dict:
+  """Linear probe on a TFDS evaluation set (the paper's Table 3): fit on train_split, report top-1
+  on split ("": the dataset's test/validation split); counts 0: all examples."""
+  return dict(kind="linear_probe", dataset=dataset, train_split=train_split, split=split,
+              num_train=num_train, num_examples=num_examples, data_dir=data_dir)

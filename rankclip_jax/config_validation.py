@@ -11,7 +11,8 @@ LOSSES = ("rankclip", "cyclip", "siglip")
 LOSS_STRATEGIES = ("sharded", "plain")
 WEIGHT_SCHEDULES = ("ramp", "constant")
 SOURCE_KINDS = ("synthetic", "webdataset", "csv")
-EVAL_KINDS = ("zero_shot", "retrieval")
+EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe")
+RETRIEVAL_SETS = ("coco", "flickr30k")
 ZERO_SHOT_TASKS = ("shape", "colour", "count", "combo")
 
 
@@ -84,14 +85,28 @@ def validate_config(config, *, num_devices: int | None = None,
   for name, ev in c.evals.items():
     _require(ev.kind in EVAL_KINDS, f"config.evals.{name}.kind={ev.kind!r}; choose one of "
              f"{EVAL_KINDS}.")
+    _require(ev.get("every_steps", 0) >= 0,
+             f"config.evals.{name}.every_steps must be >= 0 (0: config.eval_every_steps).")
+    if ev.kind == "diagnostics" and ev.get("data") is not None:
+      _validate_source(ev.data, f"config.evals.{name}.data")
     dataset = ev.get("dataset", "synthetic")
-    if ev.kind == "zero_shot" and dataset != "synthetic":
+    if ev.kind == "retrieval" and dataset != "synthetic":
+      _require(dataset in RETRIEVAL_SETS, f"config.evals.{name}.dataset={dataset!r}; choose "
+               f"'synthetic' or one of {RETRIEVAL_SETS}.")
+      for field in ("json_path", "image_root"):
+        _require(bool(ev.get(field)), f"config.evals.{name}.{field} is required for {dataset} "
+                 "retrieval (the Karpathy split file dataset_{coco,flickr30k}.json and the folder "
+                 "of images); see configs/common.py: karpathy_retrieval.")
+      continue
+    if ev.kind in ("zero_shot", "linear_probe") and dataset != "synthetic":
       _require(dataset in tfds_eval.DATASETS,
                f"config.evals.{name}.dataset={dataset!r}; choose 'synthetic' or one of "
                f"{sorted(tfds_eval.DATASETS)}.")
       _require(ev.get("num_examples", 0) >= 0,
                f"config.evals.{name}.num_examples must be >= 0 (0: the whole split).")
       continue
+    _require(ev.kind != "linear_probe", f"config.evals.{name}: linear_probe needs a TFDS "
+             f"`dataset`, one of {sorted(tfds_eval.DATASETS)}.")
     if ev.kind == "zero_shot":
       _require(ev.task in ZERO_SHOT_TASKS, f"config.evals.{name}.task={ev.task!r}; choose one of "
                f"{ZERO_SHOT_TASKS}.")

@@ -278,10 +278,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   embedder = Embedder(trainer.model, trainer.mesh)
 
-  def evaluate(step):
+  def evaluate(step, final=False):
     t0 = time.time()
-    m = evals_lib.run_evaluators(evaluators, embedder, state.params)
-    writer.write_scalars(step, m)
+    chosen = {n: e for n, e in evaluators.items() if final or evals_lib.due(config, n, step)}
+    m, pictures = evals_lib.split_pictures(
+        evals_lib.run_evaluators(chosen, embedder, state.params))
+    writer.write_scalars(step, dict(m))  # a copy: the writer is asynchronous, m is returned
+    if pictures:
+      writer.write_images(step, {k: v[None] for k, v in pictures.items()})
+      if is_chief:
+        save_pictures(workdir, step, pictures)
     writer.write_scalars(step, {"eval_seconds": time.time() - t0})
     return m
 
@@ -317,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              + (f" | skipped {sum(skipped.values())} bad examples so far" if any(skipped.values())
                 else ""))
     ckpt.save(step, state, train_iter, config_dict, force=(step == total))
-    if step % config.eval_every_steps == 0 and step != total:
+    if step != total and any(evals_lib.due(config, n, step) for n in evaluators):
       m = evaluate(step)
       _print(f"eval at step {step}: " + ", ".join(
           f"{k} {v:.3f}" for k, v in sorted(m.items()) if not k.endswith("chance")))
@@ -329,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.save(total, state, train_iter, config_dict, force=True)
   ckpt.wait()
 
-  final = evaluate(total)
+  final = evaluate(total, final=True)
   final["step"] = total
   writer.flush()
   if is_chief:
@@ -341,6 +347,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if hasattr(train_iter, "close"):
     train_iter.close()  # stops grain's worker processes and frees their shared memory
   return final
+
+
+def save_pictures(workdir: str, step: int, pictures: dict[str, np.ndarray]) -> list[str]:
+  """Writes each evaluation picture as <workdir>/pictures/<evaluator>_<name>_<step>.png."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.join(workdir, "pictures")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for key, picture in pictures.items():
+    path = os.path.join(out_dir, f"{key.replace('/', '_')}_{step}.png")
+    Image.fromarray(np.asarray(picture, np.uint8)).save(path)
+    paths.append(path)
+  return paths
 
 
 def _flat_hparams(config) -> dict[str, Any]:

@@ -226,7 +226,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
          "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
          "--config.checkpoint.async_save=False"] + [
              f"--config.evals.{e}.num_examples=16" for e in
-             ("zs_shape", "zs_colour", "zs_count", "zs_heldout_combo", "retrieval")]
+             ("zs_shape", "zs_colour", "zs_count", "zs_heldout_combo", "retrieval", "diagnostics")]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300

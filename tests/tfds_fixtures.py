@@ -24,7 +24,8 @@ def png(array: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def _builder_class(ds: tfds_eval.EvalDataset, label_names: list[str], records: list[dict]):
+def _builder_class(ds: tfds_eval.EvalDataset, label_names: list[str],
+                   records: dict[str, list[dict]]):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   name, _, config = ds.tfds_name.partition("/")
@@ -44,10 +45,10 @@ def _builder_class(ds: tfds_eval.EvalDataset, label_names: list[str], records: l
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {ds.split: self._generate_examples()}
+      return {split: self._generate_examples(split) for split in records}
 
-    def _generate_examples(self):
-      yield from enumerate(records)
+    def _generate_examples(self, split):
+      yield from enumerate(records[split])
 
   TinyBuilder.name = name
   return TinyBuilder, (config or None)
@@ -65,6 +66,17 @@ def write_tiny_tfds(data_dir: str | os.PathLike, name: str = "cifar10", num_exam
   corrupt) and the class index into `tfds_eval.classnames(name)`. (For ImageNet-R/A the record
   holds the ImageNet-1k index and the source maps it into the 200-class list.)
   """
+  split = tfds_eval.DATASETS[name].split
+  return write_tiny_tfds_splits(data_dir, name, {split: num_examples}, image_size=image_size,
+                                num_classes=num_classes, seed=seed, corrupt=corrupt)[split]
+
+
+def write_tiny_tfds_splits(data_dir: str | os.PathLike, name: str, splits: dict[str, int], *,
+                           image_size: int = 32, num_classes: int | None = 10, seed: int = 0,
+                           corrupt: tuple[int, ...] = (), image_fn=None
+                           ) -> dict[str, list[tuple[np.ndarray | None, int]]]:
+  """Like write_tiny_tfds, with several splits ({split: number of examples}). `image_fn(label,
+  rng)` may draw each image (default: uniform noise); `corrupt` indices apply to every split."""
   ds = tfds_eval.DATASETS[name]
   n_names = len(tfds_eval.classnames(name))
   num_classes = n_names if num_classes is None else min(num_classes, n_names)
@@ -74,14 +86,17 @@ def write_tiny_tfds(data_dir: str | os.PathLike, name: str = "cifar10", num_exam
   else:  # TFDS labels these with all 1000 ImageNet classes (their wnids)
     label_names = tfds_eval._load("imagenet_wnids.json")["imagenet1k"]  # pylint: disable=protected-access
   rng = np.random.default_rng(seed)
-  records, wrote = [], []
-  for i in range(num_examples):
-    label = i % num_classes
-    image = rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)
-    encoded = b"this is not an image" if i in corrupt else png(image)
-    records.append({ds.image_key: encoded,
-                    ds.label_key: label if subset is None else subset[label]})
-    wrote.append((None if i in corrupt else image, label))
+  records, wrote = {}, {}
+  for split, count in splits.items():
+    records[split], wrote[split] = [], []
+    for i in range(count):
+      label = i % num_classes
+      image = (image_fn(label, rng) if image_fn is not None
+               else rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8))
+      encoded = b"this is not an image" if i in corrupt else png(image)
+      records[split].append({ds.image_key: encoded,
+                             ds.label_key: label if subset is None else subset[label]})
+      wrote[split].append((None if i in corrupt else image, label))
   builder_cls, config = _builder_class(ds, label_names, records)
   builder = builder_cls(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
   builder.download_and_prepare()

@@ -210,7 +210,8 @@ def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer, image_siz
 
   Images are decoded and centre-cropped to `image_size` (arrays already that size pass through).
   Each batch has `mask` (True for real examples). With captions=True the raw caption strings come
-  along as a Python list under `caption` (for retrieval relevance by identical caption). Examples
+  along as a Python list under `caption` (or, for sources with several per image, a list of lists
+  under `captions`). Examples
   that cannot be used are left out and counted per kind into `skip_counter`.
   """
   decode = DecodeImage(image_size, train=False)
@@ -238,6 +239,7 @@ def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer, image_siz
     items += [items[-1]] * (batch_size - real)
     batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
     batch["mask"] = np.arange(batch_size) < real
-    if captions:
-      batch["caption"] = [r["caption"] for r in raw]
+    if captions:  # one caption per example, or several (retrieval sets: `captions`)
+      key = "captions" if "captions" in raw[0] else "caption"
+      batch[key] = [r[key] for r in raw]
     yield batch

@@ -8,8 +8,19 @@ of that kind; the metrics come back as {"<name>/<metric>": value}.
   is "synthetic" (the embedded scenes; `task` picks the attribute) or an evaluation set of
   rankclip_jax.data.tfds_eval.DATASETS (ImageNet-1k and its shifts, CIFAR, ...), read from TFDS
   ArrayRecord files under `data_dir` (default config.data.eval_data_dir).
-- retrieval: image<->text recall@1/5/10 on held-out pairs; texts with identical wording count as
-  relevant to each of their images.
+- retrieval: image<->text recall@1/5/10. `dataset` "synthetic": held-out scenes, texts with
+  identical wording relevant to each of their images; "coco" / "flickr30k": the Karpathy test
+  split (`json_path` to dataset_coco.json / dataset_flickr30k.json, `image_root`), each image's
+  own five captions relevant to it (data/karpathy.py).
+- linear_probe: logistic regression on frozen image embeddings of a TFDS set (`dataset`): fit on
+  `train_split` (default "train", first `num_train`, 0: all), L2 chosen on a validation split,
+  top-1 on `split` (first `num_examples`, 0: all).
+- diagnostics: modality gap, alignment, uniformity, ranking consistency (Spearman/Kendall between
+  the rankings RankCLIP's terms compare) on held-out pairs, and a picture of the embedding space;
+  the pairs are synthetic scenes, or the first num_examples of a real source given as `data`
+  (a configs.common.data_source: webdataset or csv).
+
+Every entry may set `every_steps` (default config.eval_every_steps).
 """
 
 from __future__ import annotations
@@ -20,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from rankclip_jax.data import pipeline, synthetic, tfds_eval
+from rankclip_jax.data import karpathy, pipeline, synthetic, tfds_eval
 from rankclip_jax.data.tokenizer import ClipTokenizer
+from rankclip_jax.evaluation import diagnostics as D
+from rankclip_jax.evaluation import linear_probe as linear_probe_lib
 from rankclip_jax.evaluation import metrics as M
 from rankclip_jax.evaluation.embed import Embedder
 
-EVAL_KINDS = ("zero_shot", "retrieval")
+EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe")
 
 
 def _eval_source(cfg, *, image_size: int, seed: int, caption_mode: str = "random"):
@@ -85,14 +98,85 @@ class RetrievalEvaluator:
   image_size: int
 
   def run(self, embedder: Embedder, params) -> dict[str, float]:
+    skips: dict[str, int] = {}
     batches = pipeline.eval_batches(self.source, batch_size=self.batch_size,
                                     tokenizer=self.tokenizer, image_size=self.image_size,
-                                    captions=True)
+                                    captions=True, skip_counter=skips)
     image_emb, extras = embedder.images(params, batches)
-    texts, relevance = M.relevance_from_captions(extras["caption"])
+    if "captions" in extras:  # each image its own captions (COCO / Flickr30k)
+      texts, owner = karpathy.caption_relevance(extras["captions"])
+      relevance = karpathy.owner_relevance(owner, len(image_emb))
+    else:  # one caption per image; identical wording is relevant to each of its images
+      texts, relevance = M.relevance_from_captions(extras["caption"])
     text_emb = embedder.texts(params, self.tokenizer(texts))
     recall = M.retrieval_recall(image_emb, text_emb, relevance)
-    return {f"{self.name}/{k}": v for k, v in recall.items()}
+    out = {f"{self.name}/{k}": v for k, v in recall.items()}
+    out[f"{self.name}/num_images"] = int(len(image_emb))
+    out[f"{self.name}/num_texts"] = int(len(texts))
+    if skips:
+      out[f"{self.name}/skipped"] = int(sum(skips.values()))
+    return out
+
+
+@dataclasses.dataclass
+class LinearProbeEvaluator:
+  """Multinomial logistic regression on frozen (normalised) image embeddings of a TFDS set's train
+  split, L2 strength chosen on a stratified validation split, test top-1 (linear_probe.py)."""
+
+  name: str
+  train_source: Any
+  test_source: Any
+  num_classes: int
+  batch_size: int
+  tokenizer: ClipTokenizer
+  image_size: int
+  seed: int = 0
+
+  def _features(self, embedder, params, source, skips):
+    batches = pipeline.eval_batches(source, batch_size=self.batch_size, tokenizer=self.tokenizer,
+                                    image_size=self.image_size, label_keys=("label",),
+                                    skip_counter=skips)
+    emb, extras = embedder.images(params, batches)
+    return emb, extras["label"]
+
+  def run(self, embedder: Embedder, params) -> dict[str, float]:
+    skips: dict[str, int] = {}
+    train_x, train_y = self._features(embedder, params, self.train_source, skips)
+    test_x, test_y = self._features(embedder, params, self.test_source, skips)
+    result = linear_probe_lib.linear_probe(train_x, train_y, test_x, test_y, self.num_classes,
+                                           seed=self.seed)
+    out = {f"{self.name}/top1": result["top1"], f"{self.name}/chosen_l2": result["chosen_l2"],
+           f"{self.name}/num_train": int(len(train_y)), f"{self.name}/num_test": int(len(test_y))}
+    if skips:
+      out[f"{self.name}/skipped"] = int(sum(skips.values()))
+    return out
+
+
+@dataclasses.dataclass
+class DiagnosticsEvaluator:
+  """Modality gap, alignment, uniformity and ranking consistency on held-out pairs (one caption
+  per image), plus a picture of the joint embedding space (evaluation/diagnostics.py)."""
+
+  name: str
+  source: Any
+  batch_size: int
+  tokenizer: ClipTokenizer
+  image_size: int
+
+  def run(self, embedder: Embedder, params) -> dict[str, Any]:
+    skips: dict[str, int] = {}
+    batches = pipeline.eval_batches(self.source, batch_size=self.batch_size,
+                                    tokenizer=self.tokenizer, image_size=self.image_size,
+                                    captions=True, skip_counter=skips)
+    image_emb, extras = embedder.images(params, batches)
+    text_emb = embedder.texts(params, self.tokenizer(extras["caption"]))
+    out: dict[str, Any] = {f"{self.name}/{k}": v
+                           for k, v in D.diagnostics(image_emb, text_emb).items()}
+    out[f"{self.name}/num_pairs"] = int(len(image_emb))
+    if skips:
+      out[f"{self.name}/skipped"] = int(sum(skips.values()))
+    out[f"{self.name}/embedding_space"] = D.embedding_picture(image_emb, text_emb)
+    return out
 
 
 class _Head:
@@ -140,16 +224,53 @@ def build_evaluators(config, tokenizer: ClipTokenizer) -> dict[str, Any]:
           cfg.task, min_objects=src.min_objects, max_objects=src.max_objects)
       out[name] = ZeroShotEvaluator(name, src, classnames, list(templates), label_key, bs,
                                     tokenizer, size, label_offset=offset)
+    elif cfg.kind == "retrieval" and dataset != "synthetic":
+      src = karpathy.KarpathyRetrievalSource(cfg.json_path, cfg.image_root,
+                                             split=cfg.get("split") or "test")
+      out[name] = RetrievalEvaluator(name, _Head(src, int(cfg.get("num_examples", 0))), bs,
+                                     tokenizer, size)
     elif cfg.kind == "retrieval":
       src = _eval_source(cfg, image_size=size, seed=seed, caption_mode="full")
       out[name] = RetrievalEvaluator(name, src, bs, tokenizer, size)
+    elif cfg.kind == "linear_probe":
+      data_dir = cfg.get("data_dir") or eval_data_dir(config)
+      train_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=cfg.get("train_split") or
+                                           "train", min_size=size)
+      test_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=cfg.get("split") or None,
+                                          min_size=size)
+      out[name] = LinearProbeEvaluator(
+          name, _Head(train_src, int(cfg.get("num_train", 0))),
+          _Head(test_src, int(cfg.get("num_examples", 0))), len(train_src.classnames), bs,
+          tokenizer, size, seed=seed)
+    elif cfg.kind == "diagnostics":
+      if cfg.get("data") is not None and cfg.data.kind != "synthetic":
+        src = _Head(pipeline.make_source(cfg.data, image_size=size, seed=seed,
+                                         field=f"config.evals.{name}.data"), cfg.num_examples)
+      else:
+        src = _eval_source(cfg, image_size=size, seed=seed, caption_mode="full")
+      out[name] = DiagnosticsEvaluator(name, src, bs, tokenizer, size)
     else:
       raise ValueError(f"config.evals.{name}.kind={cfg.kind!r}; choose one of {EVAL_KINDS}.")
   return out
 
 
-def run_evaluators(evaluators: dict[str, Any], embedder: Embedder, params) -> dict[str, float]:
+def run_evaluators(evaluators: dict[str, Any], embedder: Embedder, params) -> dict[str, Any]:
+  """{"<evaluator>/<metric>": float, ...}; pictures come as uint8 [H, W, 3] arrays (see
+  split_pictures)."""
   metrics = {}
   for ev in evaluators.values():
     metrics.update(ev.run(embedder, params))
   return metrics
+
+
+def split_pictures(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """(scalars, pictures) of run_evaluators' output."""
+  pictures = {k: v for k, v in metrics.items() if isinstance(v, np.ndarray) and v.ndim == 3}
+  return {k: v for k, v in metrics.items() if k not in pictures}, pictures
+
+
+def due(config, name: str, step: int) -> bool:
+  """Whether evaluator `name` runs at `step`: every config.evals.<name>.every_steps steps
+  (0 or absent: config.eval_every_steps)."""
+  every = int(config.evals[name].get("every_steps", 0) or config.eval_every_steps)
+  return step % every == 0

@@ -1,0 +1,134 @@
+"""Evaluate a trained run: every evaluator of its config (or of another config) on one checkpoint.
+
+  python -m rankclip_jax.evaluate --workdir=runs/demo                 # latest checkpoint, its evals
+  python -m rankclip_jax.evaluate --workdir=runs/demo --step=600
+  python -m rankclip_jax.evaluate --workdir=runs/cc3m --evals=configs/rankclip_cc3m.py:cifar10 \
+      --evals.evals.cifar10.num_examples=1000 --eval_data_dir=/data/tfds
+
+The run's own config comes from its checkpoint; `--evals` takes the `evals` of another config file
+instead (overridable field by field like any config). The checkpoint is restored over a mesh of all
+local devices and evaluation is sharded like training. Results go to the run's metric writer
+(TensorBoard, at the checkpoint's step), to <workdir>/eval/results_<step>.json and results_<step>.md,
+pictures (embedding space) to <workdir>/pictures/, and the table to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+from clu import metric_writers
+from ml_collections import config_flags
+
+from rankclip_jax import checkpointing, train
+from rankclip_jax.errors import USER_ERRORS
+from rankclip_jax.evaluation import evaluators as evals_lib
+from rankclip_jax.evaluation.embed import Embedder
+
+
+def merge_onto_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A run's saved config over the current defaults (configs/common.py), so that runs written
+  before a field existed still load; `evals` is taken as saved, not merged."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+
+  def merge(node: ml_collections.ConfigDict, values: dict[str, Any]):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        node[key] = value
+
+  config = common.base_config()
+  saved = dict(saved)
+  evals = saved.pop("evals", {})
+  merge(config, saved)
+  config.evals = ml_collections.ConfigDict(evals)
+  return config
+
+
+def _for_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Training-only settings adjusted so that a run trained on another device count validates
+  here (no training step is compiled or run)."""
+  n = jax.device_count()
+  config.batch_size = max(n, config.batch_size // n * n)
+  config.microbatches = 1
+  config.loss.chunk_size = 0
+  config.mesh.data, config.mesh.fsdp = -1, 1
+  return config
+
+
+def evaluate_run(workdir: str, *, step: Optional[int] = None,
+                 evals: Optional[ml_collections.ConfigDict] = None,
+                 eval_data_dir: str = "") -> tuple[int, dict[str, Any]]:
+  """Restores `step` (default: latest) of the run in `workdir`, runs the evaluators, writes the
+  results (see the module docstring) and returns (step, metrics)."""
+  workdir = os.path.abspath(workdir)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
+                                    keep=1_000_000, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir}: no finished checkpoint to evaluate.")
+    if step not in ckpt.all_steps():
+      raise FileNotFoundError(f"{workdir}: no checkpoint for step {step}; have {ckpt.all_steps()}.")
+    config = _for_evaluation(merge_onto_defaults(ckpt.restore_config(step)))
+    if evals is not None:
+      config.evals = evals
+    if eval_data_dir:
+      config.data.eval_data_dir = eval_data_dir
+    trainer = train.Trainer(config)
+    evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
+    _, state = ckpt.restore(trainer.abstract_state_with_shardings(), step=step)
+  finally:
+    ckpt.close()
+  metrics, pictures = evals_lib.split_pictures(evals_lib.run_evaluators(
+      evaluators, Embedder(trainer.model, trainer.mesh), state.params))
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
+      json.dump(dict(metrics, step=step), f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, f"results_{step}.md"), "w") as f:
+      f.write(f"# Evaluation of {workdir} at step {step}\n\n{train.results_table(metrics)}\n")
+    train.save_pictures(workdir, step, pictures)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_scalars(step, metrics)
+  if pictures:
+    writer.write_images(step, {k: v[None] for k, v in pictures.items()})
+  writer.close()
+  return step, metrics
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (as given to main.py).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_EVALS = config_flags.DEFINE_config_file(
+    "evals", None, "Optional config file whose `evals` replace the run's own "
+    "(override fields with --evals.evals.<name>.<field>=...).", lock_config=True)
+_EVAL_DATA_DIR = flags.DEFINE_string(
+    "eval_data_dir", "", "Where TFDS evaluation sets are prepared (default: the run's "
+    "config.data.eval_data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  evals = _EVALS.value.evals if _EVALS.value is not None else None
+  try:
+    step, metrics = evaluate_run(_WORKDIR.value, step=_STEP.value, evals=evals,
+                                 eval_data_dir=_EVAL_DATA_DIR.value)
+  except USER_ERRORS + (FileNotFoundError,) as e:
+    raise SystemExit(f"Error: {e}") from None
+  if jax.process_index() == 0:
+    print(f"Evaluation of {os.path.abspath(_WORKDIR.value)} at step {step}:\n"
+          f"{train.results_table(metrics)}", flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
