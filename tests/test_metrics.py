@@ -77,3 +77,14 @@ def test_relevance_from_identical_captions():
   unique, rel = M.relevance_from_captions(["a red circle", "a blue star", "a red circle"])
   assert unique == ["a blue star", "a red circle"]
   np.testing.assert_array_equal(rel, [[False, True], [True, False], [False, True]])
+
+
+def test_zero_shot_with_a_class_that_has_no_examples_and_tied_classes():
+  from rankclip_jax.evaluation import metrics as M
+  classes = np.eye(3)  # class 2 has no example in the evaluation set
+  images = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 0.5, 0.5]])
+  labels = np.array([0, 1, 0, 1])
+  acc = M.zero_shot_classification(images, classes, labels, ks=(1, 2, 3))
+  # Image 2 is pulled to the empty class 2 (a wrong answer, still ranked 2nd); image 3 ties its
+  # class 1 with class 2, and a tie counts against the model at k=1 (right at k=2).
+  assert acc == {1: 0.5, 2: 1.0, 3: 1.0}

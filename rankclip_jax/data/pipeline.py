@@ -19,7 +19,9 @@ the CLIP mean/std, "text": int32 [B, context_length], "skipped", plus any intege
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 from typing import Any, Iterator, Mapping
 
 import grain
@@ -205,41 +207,50 @@ def train_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer:
 
 def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer, image_size: int,
                  label_keys: tuple[str, ...] = (), captions: bool = False,
-                 skip_counter: dict[str, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 skip_counter: dict[str, int] | None = None, num_threads: int = 8
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """All usable examples of `source` in order, in batches of `batch_size`; the last is padded.
 
   Images are decoded and centre-cropped to `image_size` (arrays already that size pass through).
   Each batch has `mask` (True for real examples). With captions=True the raw caption strings come
   along as a Python list under `caption` (or, for sources with several per image, a list of lists
-  under `captions`). Examples
-  that cannot be used are left out and counted per kind into `skip_counter`.
+  under `captions`). Examples that cannot be used are left out and counted per kind into
+  `skip_counter`. Reading and decoding run in `num_threads` threads.
   """
   decode = DecodeImage(image_size, train=False)
   pre = Preprocess(tokenizer, label_keys)
-  n = len(source)
-  i = 0
-  while i < n:
-    raw, items = [], []
-    while i < n and len(items) < batch_size:
-      try:
-        record = decode.random_map(source[i], None)
-      except images.BadImage as e:  # sources that decode themselves (TFDS)
-        record = skipped("unreadable_image", f"example {i}: {e}")
-      i += 1
-      kind = skip_kind(record)
+
+  def load(i):
+    try:
+      record = decode.random_map(source[i], None)
+    except images.BadImage as e:  # sources that decode themselves (TFDS)
+      record = skipped("unreadable_image", f"example {i}: {e}")
+    return record if skip_kind(record) else (record, pre.map(record))
+
+  def in_order():
+    # Reading and decoding in threads (Pillow releases the GIL), results kept in source order.
+    n, chunk = len(source), max(batch_size, 64)
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+      for start in range(0, n, chunk):
+        yield from pool.map(load, range(start, min(n, start + chunk)))
+
+  raw, items = [], []
+  for loaded in itertools.chain(in_order(), [None]):
+    if loaded is not None:
+      kind = skip_kind(loaded) if isinstance(loaded, dict) else None
       if kind is not None:
         if skip_counter is not None:
           skip_counter[kind] = skip_counter.get(kind, 0) + 1
         continue
-      raw.append(record)
-      items.append(pre.map(record))
-    if not items:
-      return
-    real = len(items)
-    items += [items[-1]] * (batch_size - real)
-    batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
-    batch["mask"] = np.arange(batch_size) < real
-    if captions:  # one caption per example, or several (retrieval sets: `captions`)
-      key = "captions" if "captions" in raw[0] else "caption"
-      batch[key] = [r[key] for r in raw]
-    yield batch
+      raw.append(loaded[0])
+      items.append(loaded[1])
+    if items and (len(items) == batch_size or loaded is None):
+      real = len(items)
+      items += [items[-1]] * (batch_size - real)
+      batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+      batch["mask"] = np.arange(batch_size) < real
+      if captions:  # one caption per example, or several (retrieval sets: `captions`)
+        key = "captions" if "captions" in raw[0] else "caption"
+        batch[key] = [r[key] for r in raw]
+      yield batch
+      raw, items = [], []
