@@ -19,6 +19,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.eval_every_steps = 500
   c.eval_batch_size = 256
+  # Throughput: MFU uses this device's dense peak from rankclip_jax/flops.py, or this (TFLOP/s per
+  # device; 0: the table). A jax.profiler trace of steps [first, last) goes to <workdir>/profile
+  # when first > 0 (view in TensorBoard's profile tab or Perfetto).
+  c.peak_tflops = 0.0
+  c.profile_steps = (0, 0)
 
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (rankclip_jax.models.SIZES)

@@ -30,7 +30,7 @@ class Checkpointer:
       raise ValueError(f"config.checkpoint.every_steps={every_steps} must be > 0.")
     if keep <= 0:
       raise ValueError(f"config.checkpoint.keep={keep} must be > 0.")
-    self.directory = epath.Path(os.path.abspath(directory))
+    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory,

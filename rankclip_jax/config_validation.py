@@ -77,6 +77,12 @@ def validate_config(config, *, num_devices: int | None = None,
            f"config.optim.betas={c.optim.betas} must be a pair, e.g. (0.9, 0.999).")
   _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
            "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
+  _require(c.get("peak_tflops", 0) >= 0, f"config.peak_tflops={c.get('peak_tflops')} must be >= 0 "
+           "(0: the device's peak from rankclip_jax/flops.py).")
+  profile = tuple(c.get("profile_steps", (0, 0)))
+  _require(len(profile) == 2 and 0 <= profile[0] and (profile[0] == 0 or profile[1] > profile[0]),
+           f"config.profile_steps={profile} must be (first, last) with last > first > 0, or (0, 0) "
+           "for no profile.")
   _validate_source(c.data.train, "config.data.train")
   lo, hi = c.data.crop_scale
   _require(0 < lo <= hi <= 1, f"config.data.crop_scale={tuple(c.data.crop_scale)} must satisfy "

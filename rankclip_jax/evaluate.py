@@ -22,9 +22,10 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 from clu import metric_writers
+from etils import epath
 from ml_collections import config_flags
 
-from rankclip_jax import checkpointing, train
+from rankclip_jax import checkpointing, distributed, train
 from rankclip_jax.errors import USER_ERRORS
 from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
@@ -66,7 +67,7 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
                  eval_data_dir: str = "") -> tuple[int, dict[str, Any]]:
   """Restores `step` (default: latest) of the run in `workdir`, runs the evaluators, writes the
   results (see the module docstring) and returns (step, metrics)."""
-  workdir = os.path.abspath(workdir)
+  workdir = train.absolute_path(workdir)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
                                     keep=1_000_000, async_save=False)
   try:
@@ -88,12 +89,12 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
   metrics, pictures = evals_lib.split_pictures(evals_lib.run_evaluators(
       evaluators, Embedder(trainer.model, trainer.mesh), state.params))
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"results_{step}.json"), "w") as f:
-      json.dump(dict(metrics, step=step), f, indent=2, sort_keys=True)
-    with open(os.path.join(out_dir, f"results_{step}.md"), "w") as f:
-      f.write(f"# Evaluation of {workdir} at step {step}\n\n{train.results_table(metrics)}\n")
+    out_dir = epath.Path(workdir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"results_{step}.json").write_text(
+        json.dumps(dict(metrics, step=step), indent=2, sort_keys=True))
+    (out_dir / f"results_{step}.md").write_text(
+        f"# Evaluation of {workdir} at step {step}\n\n{train.results_table(metrics)}\n")
     train.save_pictures(workdir, step, pictures)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_scalars(step, metrics)
@@ -108,6 +109,10 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default
 _EVALS = config_flags.DEFINE_config_file(
     "evals", None, "Optional config file whose `evals` replace the run's own "
     "(override fields with --evals.evals.<name>.<field>=...).", lock_config=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "Multi-process evaluation: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id.")
 _EVAL_DATA_DIR = flags.DEFINE_string(
     "eval_data_dir", "", "Where TFDS evaluation sets are prepared (default: the run's "
     "config.data.eval_data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
@@ -118,6 +123,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   evals = _EVALS.value.evals if _EVALS.value is not None else None
   try:
     step, metrics = evaluate_run(_WORKDIR.value, step=_STEP.value, evals=evals,

@@ -11,6 +11,8 @@ import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -22,9 +24,11 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
+from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from rankclip_jax import checkpointing
+from rankclip_jax import flops as flops_lib
 from rankclip_jax import optim
 from rankclip_jax import sharding as shd
 from rankclip_jax.config_validation import validate_config
@@ -254,9 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # is written or trained.
   evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
   train_iter = trainer.train_iterator()
-  workdir = os.path.abspath(workdir)  # Orbax's tensorstore paths must be absolute
+  workdir = absolute_path(workdir)  # Orbax's tensorstore paths must be absolute
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   ckpt = checkpointing.Checkpointer(
       checkpointing.checkpoint_dir(workdir), every_steps=config.checkpoint.every_steps,
@@ -291,75 +295,157 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_scalars(step, {"eval_seconds": time.time() - t0})
     return m
 
-  block_every_step = _is_cpu() and trainer.mesh.size > 1
-  total = config.total_steps
-  t_last, step_last = time.time(), start_step
-  t_start = time.time()
-  for step in range(start_step + 1, total + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = trainer.global_batch(next(train_iter))
-      state, metrics = trainer.train_step(state, batch)
-    if block_every_step:
-      # Many un-awaited collectives on fake CPU devices abort XLA's CPU runtime.
-      jax.block_until_ready(metrics)
-    if step % config.log_every_steps == 0 or step == total:
-      metrics = jax.device_get(metrics)
-      now = time.time()
-      steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
-      t_last, step_last = now, step
-      skipped = pipeline.skip_counts(metrics.pop("data_skipped"))
-      scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
-      scalars.update({f"data/skipped/{k}": v for k, v in skipped.items()})
-      scalars.update({"examples_per_sec": steps_per_s * config.batch_size,
-                      "steps_per_sec": steps_per_s})
-      writer.write_scalars(step, scalars)
-      if not math.isfinite(scalars["train/loss"]):
-        raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}; stopping.")
-      terms = ", ".join(f"{short} {scalars['train/' + key]:.4f}"
-                        for key, short in _PROGRESS_TERMS if "train/" + key in scalars)
-      _print(f"step {step}/{total} | loss {scalars['train/loss']:.4f} ({terms}) "
-             f"| scale {scalars['train/scale']:.1f} | {scalars['examples_per_sec']:.0f} ex/s | ETA "
-             f"{_format_duration((total - step) / max(steps_per_s, 1e-9))}"
-             + (f" | skipped {sum(skipped.values())} bad examples so far" if any(skipped.values())
-                else ""))
-    ckpt.save(step, state, train_iter, config_dict, force=(step == total))
-    if step != total and any(evals_lib.due(config, n, step) for n in evaluators):
-      m = evaluate(step)
-      _print(f"eval at step {step}: " + ", ".join(
-          f"{k} {v:.3f}" for k, v in sorted(m.items()) if not k.endswith("chance")))
-      t_last = time.time()  # evaluation time is not training throughput
-  if start_step < total:
-    _print(f"Trained steps {start_step + 1}..{total} in "
-           f"{_format_duration(time.time() - t_start)}.")
-  elif ckpt.latest_step() != total:
-    ckpt.save(total, state, train_iter, config_dict, force=True)
-  ckpt.wait()
+  preemption = Preemption()
+  abstract_batch = {
+      "image": jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3),
+                                    jnp.float32, sharding=trainer.batch_sharding),
+      "text": jax.ShapeDtypeStruct((config.batch_size, config.context_length), jnp.int32,
+                                   sharding=trainer.batch_sharding),
+      "skipped": jax.ShapeDtypeStruct((config.batch_size, len(SKIP_KINDS)), jnp.int32,
+                                      sharding=trainer.batch_sharding)}
+  peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.model.dtype,
+                                         config.peak_tflops)
+  # Tracing the step once more for its FLOPs takes seconds: on CPU only when a peak is given.
+  flops_per_step = (flops_lib.step_flops(trainer.train_step,
+                                         trainer.abstract_state_with_shardings(), abstract_batch)
+                    if not _is_cpu() or config.peak_tflops else None)
+  profile_first, profile_last = (int(v) for v in config.profile_steps)
+  profiling = False
+  try:
+    block_every_step = _is_cpu() and trainer.mesh.size > 1
+    total = config.total_steps
+    t_last, step_last = time.time(), start_step
+    t_start = time.time()
+    for step in range(start_step + 1, total + 1):
+      if profile_first and step == profile_first and is_chief:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        profiling = True
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = trainer.global_batch(next(train_iter))
+        state, metrics = trainer.train_step(state, batch)
+      if profiling and step == max(profile_last, profile_first + 1) - 1:
+        profiling = False
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        _print(f"Profile of steps {profile_first}..{step} written to {workdir}/profile.")
+      if block_every_step:
+        # Many un-awaited collectives on fake CPU devices abort XLA's CPU runtime.
+        jax.block_until_ready(metrics)
+      if step % config.log_every_steps == 0 or step == total:
+        metrics = jax.device_get(metrics)
+        now = time.time()
+        steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        skipped = pipeline.skip_counts(metrics.pop("data_skipped"))
+        scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+        scalars.update({f"data/skipped/{k}": v for k, v in skipped.items()})
+        scalars.update({"examples_per_sec": steps_per_s * config.batch_size,
+                        "steps_per_sec": steps_per_s,
+                        "perf/examples_per_sec_per_device":
+                            steps_per_s * config.batch_size / jax.device_count()})
+        if flops_per_step:
+          scalars["perf/tflops_per_sec"] = flops_per_step * steps_per_s / 1e12
+          if peak:
+            scalars["perf/mfu"] = flops_per_step * steps_per_s / (peak * jax.device_count())
+        writer.write_scalars(step, scalars)
+        if not math.isfinite(scalars["train/loss"]):
+          raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}; stopping.")
+        terms = ", ".join(f"{short} {scalars['train/' + key]:.4f}"
+                          for key, short in _PROGRESS_TERMS if "train/" + key in scalars)
+        _print(f"step {step}/{total} | loss {scalars['train/loss']:.4f} ({terms}) "
+               f"| scale {scalars['train/scale']:.1f} | {scalars['examples_per_sec']:.0f} ex/s | ETA "
+               f"{_format_duration((total - step) / max(steps_per_s, 1e-9))}"
+               + (f" | MFU {scalars['perf/mfu']:.1%}" if "perf/mfu" in scalars else "")
+               + (f" | skipped {sum(skipped.values())} bad examples so far" if any(skipped.values())
+                  else ""))
+      if step != total and preemption.reached(step):
+        ckpt.save(step, state, train_iter, config_dict, force=True)
+        ckpt.close()
+        writer.close()
+        if hasattr(train_iter, "close"):
+          train_iter.close()
+        _print(f"Stopped by SIGTERM at step {step}/{total}; checkpoint saved in {workdir}. Run the "
+               "same command to resume.")
+        return {"step": step, "preempted": True}
+      ckpt.save(step, state, train_iter, config_dict, force=(step == total))
+      if step != total and any(evals_lib.due(config, n, step) for n in evaluators):
+        m = evaluate(step)
+        _print(f"eval at step {step}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(m.items()) if not k.endswith("chance")))
+        t_last = time.time()  # evaluation time is not training throughput
+    if start_step < total:
+      _print(f"Trained steps {start_step + 1}..{total} in "
+             f"{_format_duration(time.time() - t_start)}.")
+    elif ckpt.latest_step() != total:
+      ckpt.save(total, state, train_iter, config_dict, force=True)
+    ckpt.wait()
 
-  final = evaluate(total, final=True)
-  final["step"] = total
-  writer.flush()
-  if is_chief:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(final, f, indent=2, sort_keys=True)
-    _print("Results (held-out evaluation):\n" + results_table(final))
-  ckpt.close()
-  writer.close()
-  if hasattr(train_iter, "close"):
-    train_iter.close()  # stops grain's worker processes and frees their shared memory
-  return final
+    final = evaluate(total, final=True)
+    final["step"] = total
+    writer.flush()
+    if is_chief:
+      (epath.Path(workdir) / "results.json").write_text(json.dumps(final, indent=2,
+                                                                   sort_keys=True))
+      _print("Results (held-out evaluation):\n" + results_table(final))
+    ckpt.close()
+    writer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # stops grain's worker processes and frees their shared memory
+    return final
+
+  finally:
+    preemption.close()
+
+
+class Preemption:
+  """SIGTERM (TPU preemption, SLURM's time limit or scancel, `kill`) -> stop after the current step
+  with a checkpoint. With several processes the step is agreed through JAX's preemption sync point
+  (its coordination service sees the signal), so every process saves the same step; alone, a
+  Python signal handler notes it."""
+
+  def __init__(self):
+    self.signalled = False
+    self.multi_process = jax.process_count() > 1
+    self._previous = None
+    if not self.multi_process and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.signalled = True
+
+  def close(self):
+    """Gives SIGTERM back to whoever had it before the run (e.g. a test runner)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def reached(self, step: int) -> bool:
+    if self.multi_process:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signalled
 
 
 def save_pictures(workdir: str, step: int, pictures: dict[str, np.ndarray]) -> list[str]:
   """Writes each evaluation picture as <workdir>/pictures/<evaluator>_<name>_<step>.png."""
+  import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  out_dir = os.path.join(workdir, "pictures")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = epath.Path(workdir) / "pictures"
+  out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
   for key, picture in pictures.items():
-    path = os.path.join(out_dir, f"{key.replace('/', '_')}_{step}.png")
-    Image.fromarray(np.asarray(picture, np.uint8)).save(path)
-    paths.append(path)
+    path = out_dir / f"{key.replace('/', '_')}_{step}.png"
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(picture, np.uint8)).save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
+    paths.append(str(path))
   return paths
+
+
+def absolute_path(path: str) -> str:
+  """Local paths made absolute; cloud URLs (gs://bucket/run, as multi-host TPU runs use for a
+  workdir every host can reach) kept as they are."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 def _flat_hparams(config) -> dict[str, Any]:

@@ -58,11 +58,14 @@ def eval_loss(trainer, state, batch):
   return float(loss)
 
 
-def test_loss_goes_down_on_8_device_mesh():
-  c = micro_config(total_steps=40, **{"loss.weight_schedule": "constant"})
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loss_goes_down_on_8_device_mesh(dtype):
+  # bfloat16: compute in bf16, parameters and optimizer state in float32.
+  c = micro_config(total_steps=40, **{"loss.weight_schedule": "constant", "model.dtype": dtype})
   trainer = train.Trainer(c)
   assert trainer.mesh.size == 8
   state = trainer.init()
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
   batch = fixed_batch(trainer)
   before = eval_loss(trainer, state, batch)
   it = trainer.train_iterator()
@@ -246,3 +249,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
   assert f"Resuming at step {killed_at}/" in out.stdout
   assert "Results (held-out evaluation)" in out.stdout
   assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 200
+
+
+def test_throughput_mfu_and_profile_are_logged(tmp_path):
+  """With a peak given (CPUs have none in the table), TFLOP/s and MFU are logged from the step's
+  FLOPs; the FLOPs are the model's, independent of the device count; a profile is written."""
+  from rankclip_jax import flops
+  c = micro_config(total_steps=4, peak_tflops=1.0, profile_steps=(2, 4))
+  train.train_and_evaluate(c, str(tmp_path))
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+  acc.Reload()
+  tags = set(acc.Tags()["tensors"])
+  assert {"perf/tflops_per_sec", "perf/mfu", "perf/examples_per_sec_per_device"} <= tags
+  assert glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
+  trainer = train.Trainer(c)
+  batch = fixed_batch(trainer)
+  f8 = flops.step_flops(trainer.train_step, trainer.abstract_state_with_shardings(), batch)
+  one = jax.jit(functools.partial(train.train_step, model=trainer.model, tx=trainer.tx,
+                                  schedule=trainer.schedule, objective=train.make_objective(
+                                      micro_config(**{"loss.strategy": "plain"}), trainer.mesh)))
+  f1 = flops.step_flops(one, jax.device_get(trainer.init()), jax.device_get(batch))
+  assert f8 > 1e6 and f8 == pytest.approx(f1, rel=0.05)
+  assert flops.peak_flops_per_device("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert flops.peak_flops_per_device("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert flops.peak_flops_per_device("TPU v5 lite", "float32") == 197e12
+  assert flops.peak_flops_per_device("cpu", "float32") is None

@@ -193,9 +193,11 @@ def train_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer:
   ds = (grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat(None)
-        [process_index::process_count]
+        # Before the per-process slice: an example's random crop depends on its position in the
+        # global order only, so 1 or N processes train on the same pixels.
         .random_map(DecodeImage(image_size, train=True, crop_scale=tuple(crop_scale)),
                     seed=seed + 1)
+        [process_index::process_count]
         .map(Preprocess(tokenizer)))
   ids = DropSkipped(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                          prefetch_buffer_size=prefetch)))

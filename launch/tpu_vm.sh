@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM slice: create it (or reuse it), check out this repository on every worker,
+# install, and run main.py on all workers at once. JAX finds the other hosts by itself
+# (rankclip_jax/distributed.py); the workdir must be reachable from every host: a gs:// bucket.
+#
+#   launch/tpu_vm.sh NAME ZONE ACCELERATOR CONFIG WORKDIR [--config.field=value ...]
+#   launch/tpu_vm.sh rankclip-v4 us-central2-b v4-32 configs/rankclip_cc3m.py gs://my-bucket/runs/cc3m \
+#       --config.data.train.path='/mnt/disks/cc3m/{00000..00331}.tar'
+#
+# Environment: REPO_URL (default: this checkout's origin), REV (default: this checkout's commit),
+# RUNTIME (TPU VM image, default tpu-ubuntu2204-base), and the usual gcloud project settings.
+# Running it again resumes the run (same WORKDIR) on the same slice; after a preemption, on a new one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage="usage: launch/tpu_vm.sh NAME ZONE ACCELERATOR CONFIG WORKDIR [overrides...]"
+NAME=${1:?$usage}; ZONE=${2:?$usage}; ACCELERATOR=${3:?$usage}; CONFIG=${4:?$usage}
+WORKDIR=${5:?$usage}
+shift 5
+REPO_URL=${REPO_URL:-$(git remote get-url origin)}
+REV=${REV:-$(git rev-parse HEAD)}
+RUNTIME=${RUNTIME:-tpu-ubuntu2204-base}
+JAX_VERSION=$(sed -n 's/^jax==//p' requirements.txt)
+
+if ! gcloud compute tpus tpu-vm describe "$NAME" --zone="$ZONE" >/dev/null 2>&1; then
+  gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
+    --version="$RUNTIME"
+fi
+
+OVERRIDES=$(printf " %q" "$@")
+gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="
+  set -e
+  [ -d rankclip_jax ] || git clone -q '$REPO_URL' rankclip_jax
+  cd rankclip_jax && git fetch -q origin && git checkout -q '$REV'
+  [ -d .venv ] || python3 -m venv .venv
+  . .venv/bin/activate
+  pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION'
+  python main.py --config='$CONFIG' --workdir='$WORKDIR' $OVERRIDES
+"
