@@ -18,11 +18,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with "
     "--config.<field>=<value>.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process runs: host:port of process 0 (TPU VM slices and "
-    "SLURM jobs are detected without it; see rankclip_jax/distributed.py).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +27,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Progress lines go to stdout; library INFO chatter (Orbax, CLU) only with --verbosity=0.
     logging.set_verbosity(logging.WARNING)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize_from_flags()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:

@@ -49,6 +49,17 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def resolve_step(self, step: Optional[int] = None) -> int:
+    """`step`, or the latest finished one when None; FileNotFoundError naming the directory and
+    the steps there when it does not exist."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no finished checkpoint.")
+    if step not in self.all_steps():
+      raise FileNotFoundError(
+          f"{self.directory}: no checkpoint for step {step}; have {self.all_steps()}.")
+    return step
+
   def save(self, step: int, state: Any, data_iterator=None, config_dict: Optional[dict] = None,
            *, force: bool = False) -> bool:
     """Saves if `step` is a multiple of every_steps, or if `force`; returns whether it saved.

@@ -24,7 +24,14 @@ import os
 from typing import Optional
 
 import jax
-from absl import logging
+from absl import flags, logging
+
+# Command-line flags of the entry points that use this module (main.py, rankclip_jax.evaluate).
+COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs: host:port of process 0 (TPU VM slices and "
+    "SLURM jobs are detected without it; see rankclip_jax/distributed.py).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id.")
 
 
 def _multi_host_environment() -> bool:
@@ -62,3 +69,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
 
+
+
+def initialize_from_flags() -> bool:
+  """initialize() with --coordinator_address, --num_processes and --process_id."""
+  return initialize(COORDINATOR_ADDRESS.value, NUM_PROCESSES.value, PROCESS_ID.value)

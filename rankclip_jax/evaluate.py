@@ -71,11 +71,7 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
                                     keep=1_000_000, async_save=False)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir}: no finished checkpoint to evaluate.")
-    if step not in ckpt.all_steps():
-      raise FileNotFoundError(f"{workdir}: no checkpoint for step {step}; have {ckpt.all_steps()}.")
+    step = ckpt.resolve_step(step)
     config = _for_evaluation(merge_onto_defaults(ckpt.restore_config(step)))
     if evals is not None:
       config.evals = evals
@@ -109,10 +105,6 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default
 _EVALS = config_flags.DEFINE_config_file(
     "evals", None, "Optional config file whose `evals` replace the run's own "
     "(override fields with --evals.evals.<name>.<field>=...).", lock_config=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "Multi-process evaluation: host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id.")
 _EVAL_DATA_DIR = flags.DEFINE_string(
     "eval_data_dir", "", "Where TFDS evaluation sets are prepared (default: the run's "
     "config.data.eval_data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
@@ -123,7 +115,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize_from_flags()
   evals = _EVALS.value.evals if _EVALS.value is not None else None
   try:
     step, metrics = evaluate_run(_WORKDIR.value, step=_STEP.value, evals=evals,

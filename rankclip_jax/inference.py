@@ -120,11 +120,7 @@ def load(path: str, *, step: Optional[int] = None,
   step = path_step if step is None else step
   ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{directory}: no finished checkpoint to load.")
-    if step not in ckpt.all_steps():
-      raise FileNotFoundError(f"{directory}: no checkpoint for step {step}; have {ckpt.all_steps()}.")
+    step = ckpt.resolve_step(step)
     config = ml_collections.ConfigDict(ckpt.restore_config(step))
     model = build_model(config.model, context_length=config.context_length,
                         logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)

@@ -43,3 +43,18 @@ def test_input_bench_runs_on_tar_and_csv_with_and_without_workers(tmp_path):
       (s, w) for s in ("webdataset tar", "csv + jpeg files") for w in ("0", "1")}, proc.stdout
   assert all(float(r[3]) > 0 for r in rows)
   assert "tar index: 1 shards, 96 members" in proc.stdout
+
+
+def test_train_bench_runs_rankclip_and_clip_steps():
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_bench", "--sizes", "micro", "--batches", "8",
+       "--image_size", "32", "--context", "16", "--steps", "1", "--dtype", "float32",
+       "--peak_tflops", "1"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
+      text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| micro ")]
+  assert [r[3].strip() for r in rows] == ["clip", "rankclip"], proc.stdout
+  for r in rows:
+    assert float(r[4]) > 0 and float(r[7]) > 0 and r[8].strip().endswith("%")
+  assert float(rows[1][9]) > 0  # the RankCLIP / CLIP step-time ratio
