@@ -154,7 +154,7 @@ def main():
         rows[name] = r = measure(cfg, args.steps)
         ratio = (f"{r['ms_per_step'] / rows['clip']['ms_per_step']:.3f}"
                  if name == "rankclip" else "")
-        tflops = f"{r['tflops']:.1f}" if "tflops" in r else "-"
+        tflops = f"{r['tflops']:.3g}" if "tflops" in r else "-"
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         print(f"| {size} | {batch} | {name} | {r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
               f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} |",
