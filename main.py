@@ -8,10 +8,9 @@ Running the same command again resumes from the last checkpoint in --workdir.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from rankclip_jax import distributed, train
+from rankclip_jax import cli, train
 from rankclip_jax.errors import USER_ERRORS
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,12 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # Progress lines go to stdout; library INFO chatter (Orbax, CLU) only with --verbosity=0.
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize_from_flags()
+  cli.start(argv)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 
 from rankclip_jax.data import tfds_eval
+from rankclip_jax.data.pipeline import SOURCE_KINDS
+from rankclip_jax.evaluation.evaluators import EVAL_KINDS
 from rankclip_jax.models.two_towers import SIZES
 
 LOSSES = ("rankclip", "cyclip", "siglip")
 LOSS_STRATEGIES = ("sharded", "plain")
 WEIGHT_SCHEDULES = ("ramp", "constant")
-SOURCE_KINDS = ("synthetic", "webdataset", "csv")
-EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe")
 RETRIEVAL_SETS = ("coco", "flickr30k")
 ZERO_SHOT_TASKS = ("shape", "colour", "count", "combo")
 

@@ -20,12 +20,12 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
 
-from rankclip_jax import checkpointing, distributed, train
+from rankclip_jax import checkpointing, cli, train
 from rankclip_jax.errors import USER_ERRORS
 from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
@@ -111,11 +111,7 @@ _EVAL_DATA_DIR = flags.DEFINE_string(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  distributed.initialize_from_flags()
+  cli.start(argv)
   evals = _EVALS.value.evals if _EVALS.value is not None else None
   try:
     step, metrics = evaluate_run(_WORKDIR.value, step=_STEP.value, evals=evals,
