@@ -26,8 +26,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.profile_steps = (0, 0)
 
   c.model = ml_collections.ConfigDict()
-  c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (rankclip_jax.models.SIZES)
-  c.model.act = "gelu"  # gelu | gelu_tanh | quick_gelu
+  c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (models.SIZES) | custom
+  # The towers for size "custom" (set by the OpenCLIP converter for models of other sizes).
+  c.model.custom = ml_collections.ConfigDict(dict(
+      patch_size=0, image_width=0, image_depth=0, image_heads=0, text_width=0, text_depth=0,
+      text_heads=0, embed_dim=0))
+  c.model.act = "gelu"  # gelu | gelu_tanh | quick_gelu (OpenAI's CLIP weights)
+  c.model.ln_eps = 1e-6  # LayerNorm epsilon (torch's, and so OpenCLIP weights': 1e-5)
+  # Start from these weights instead of a random initialisation: a run's workdir (or one of its
+  # checkpoints), a model converted by `python -m rankclip_jax.convert`, or an OpenCLIP/OpenAI
+  # state dict (.safetensors, .pt). The towers must match config.model (the error says how).
+  c.model.init_from = ""
   c.model.pool = "cls"  # cls | gap
   c.model.stem = "patch"  # patch (CLIP's linear patchify) | conv (3x3 stride-2 convolutions)
   c.model.remat = False
@@ -61,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1
   c.optim.no_decay_regex = NO_DECAY_REGEX
   c.optim.grad_clip_norm = 0.0  # 0: no clipping
+  # Parameters whose path (e.g. "image/encoder/block_0/attn/query/kernel") fully matches this regex
+  # are not trained ("": all are). PC-CLIP freezes the image tower: "image/.*".
+  c.optim.freeze_regex = ""
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by the other axis

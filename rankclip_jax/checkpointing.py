@@ -22,6 +22,21 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def resolve_run(path: str) -> tuple[str, Optional[int]]:
+  """workdir | workdir/checkpoints | workdir/checkpoints/<step> -> (checkpoints dir, step or None)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path.rstrip("/")), int(base)
+  if os.path.isdir(path):
+    return path, None
+  raise FileNotFoundError(
+      f"{path}: not a run. Pass a workdir (with a checkpoints/ folder), its checkpoints/ folder, "
+      "or one checkpoint, checkpoints/<step>.")
+
+
 class Checkpointer:
   """Periodic + final saves, keep the last `keep`, automatic resume."""
 
@@ -90,6 +105,41 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored[STATE]
+
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
+    """Only the model parameters of `step` (default: latest), into the shardings carried by
+    `abstract_params`: no optimizer state is read. Works for training checkpoints (a TrainState)
+    and for converted models (whose state holds only {"params": ...})."""
+    step = self.resolve_step(step)
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(
+          self.directory / str(step) / STATE,
+          args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                      partial_restore=True))
+    return restored["params"]
+
+  def saved_config(self, step: Optional[int] = None):
+    """The config saved with `step`, over the current defaults (configs/common.py), so that runs
+    written before a field existed still load; `evals` is taken as saved, not merged."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from configs import common  # pylint: disable=g-import-not-at-top
+
+    def merge(node, values: dict[str, Any]):
+      for key, value in values.items():
+        if (isinstance(value, dict) and key in node
+            and isinstance(node[key], ml_collections.ConfigDict)):
+          merge(node[key], value)
+        else:
+          node[key] = value
+
+    config = common.base_config()
+    saved = dict(self.restore_config(step))
+    evals = saved.pop("evals", {})
+    merge(config, saved)
+    config.evals = ml_collections.ConfigDict(evals)
+    return config
 
   def restore_config(self, step: Optional[int] = None) -> dict:
     step = self.latest_step() if step is None else step

@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 
 from rankclip_jax.data import tfds_eval
-from rankclip_jax.data.pipeline import SOURCE_KINDS
+from rankclip_jax.data.pipeline import PAIR_KINDS, SOURCE_KINDS
 from rankclip_jax.evaluation.evaluators import EVAL_KINDS
-from rankclip_jax.models.two_towers import SIZES
+from rankclip_jax.models.two_towers import tower_sizes
 
-LOSSES = ("rankclip", "cyclip", "siglip")
+LOSSES = ("rankclip", "cyclip", "siglip", "pcclip")
 LOSS_STRATEGIES = ("sharded", "plain")
 WEIGHT_SCHEDULES = ("ramp", "constant")
 RETRIEVAL_SETS = ("coco", "flickr30k")
@@ -39,9 +39,10 @@ def validate_config(config, *, num_devices: int | None = None,
            f"config.batch_size={c.batch_size} must be divisible by the {p} processes.")
   for field in ("log_every_steps", "eval_every_steps", "eval_batch_size"):
     _require(c[field] > 0, f"config.{field}={c[field]} must be > 0.")
-  _require(c.model.size in SIZES,
-           f"config.model.size={c.model.size!r} is not a known size; choose one of {sorted(SIZES)}.")
-  patch = SIZES[c.model.size].patch_size
+  try:
+    patch = tower_sizes(c.model).patch_size
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _require(c.image_size % patch == 0,
            f"config.image_size={c.image_size} must be a multiple of the patch size {patch} of "
            f"model size {c.model.size!r}.")
@@ -55,6 +56,16 @@ def validate_config(config, *, num_devices: int | None = None,
              "config.loss.name='siglip' has no ranking or cyclic terms: set "
              "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
              "configs/siglip_synthetic.py).")
+  pairs = c.data.train.kind in PAIR_KINDS
+  if c.loss.name == "pcclip" or pairs:
+    _require(c.loss.name == "pcclip" and pairs,
+             f"config.loss.name={c.loss.name!r} with config.data.train.kind="
+             f"{c.data.train.kind!r}: PC-CLIP fine-tuning (loss 'pcclip') trains on image pairs "
+             f"({' or '.join(PAIR_KINDS)}) and pairs train only with it; see "
+             "configs/pcclip_synthetic.py.")
+    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
+             "config.loss.name='pcclip' has no ranking terms: set --config.loss.cross_weight=0 "
+             "--config.loss.inmodal_weight=0.")
   _require(c.loss.strategy in LOSS_STRATEGIES,
            f"config.loss.strategy={c.loss.strategy!r}; choose one of {LOSS_STRATEGIES}.")
   _require(c.microbatches >= 1 and c.batch_size % (c.microbatches * n) == 0,
@@ -119,12 +130,16 @@ def validate_config(config, *, num_devices: int | None = None,
     _require(ev.num_examples > 0, f"config.evals.{name}.num_examples must be > 0.")
 
 
-_PATH_EXAMPLES = {"webdataset": "'/data/cc3m/{00000..00331}.tar'", "csv": "/data/cc3m/train.csv"}
+_PATH_EXAMPLES = {"webdataset": "'/data/cc3m/{00000..00331}.tar'", "csv": "/data/cc3m/train.csv",
+                  "csv_pairs": "/data/pairs.csv"}
 
 
 def _validate_source(src, field: str) -> None:
   _require(src.kind in SOURCE_KINDS,
            f"{field}.kind={src.kind!r}; choose one of {SOURCE_KINDS}.")
+  if src.kind == "synthetic_pairs":
+    _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
+    return
   if src.kind == "synthetic":
     _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
     _require(1 <= src.min_objects <= src.max_objects,

@@ -7,5 +7,8 @@ from rankclip_jax.data.csv_files import CsvFormatError
 from rankclip_jax.data.files import DataPathError
 from rankclip_jax.data.tfds_eval import EvalDataNotFound
 from rankclip_jax.data.webdataset import ShardError
+from rankclip_jax.interop.open_clip import ConversionError
+from rankclip_jax.interop.tensor_files import WeightFileError
 
-USER_ERRORS = (ConfigError, DataPathError, ShardError, CsvFormatError, EvalDataNotFound)
+USER_ERRORS = (ConfigError, DataPathError, ShardError, CsvFormatError, EvalDataNotFound,
+               ConversionError, WeightFileError)

@@ -31,26 +31,6 @@ from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
 
 
-def merge_onto_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A run's saved config over the current defaults (configs/common.py), so that runs written
-  before a field existed still load; `evals` is taken as saved, not merged."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-
-  def merge(node: ml_collections.ConfigDict, values: dict[str, Any]):
-    for key, value in values.items():
-      if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
-        merge(node[key], value)
-      else:
-        node[key] = value
-
-  config = common.base_config()
-  saved = dict(saved)
-  evals = saved.pop("evals", {})
-  merge(config, saved)
-  config.evals = ml_collections.ConfigDict(evals)
-  return config
-
-
 def _for_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Training-only settings adjusted so that a run trained on another device count validates
   here (no training step is compiled or run)."""
@@ -72,18 +52,18 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
                                     keep=1_000_000, async_save=False)
   try:
     step = ckpt.resolve_step(step)
-    config = _for_evaluation(merge_onto_defaults(ckpt.restore_config(step)))
+    config = _for_evaluation(ckpt.saved_config(step))
     if evals is not None:
       config.evals = evals
     if eval_data_dir:
       config.data.eval_data_dir = eval_data_dir
     trainer = train.Trainer(config)
     evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
-    _, state = ckpt.restore(trainer.abstract_state_with_shardings(), step=step)
+    params = ckpt.restore_params(trainer.abstract_state_with_shardings().params, step=step)
   finally:
     ckpt.close()
   metrics, pictures = evals_lib.split_pictures(evals_lib.run_evaluators(
-      evaluators, Embedder(trainer.model, trainer.mesh), state.params))
+      evaluators, Embedder(trainer.model, trainer.mesh), params))
   if jax.process_index() == 0:
     out_dir = epath.Path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)

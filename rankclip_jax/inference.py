@@ -23,28 +23,12 @@ import numpy as np
 from PIL import Image
 
 from rankclip_jax import checkpointing
-from rankclip_jax import optim
 from rankclip_jax import train
 from rankclip_jax.data import images as image_ops
 from rankclip_jax.data import pipeline
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import metrics
 from rankclip_jax.models import build_model
-
-
-def _resolve(path: str) -> tuple[str, Optional[int]]:
-  """workdir | workdir/checkpoints | workdir/checkpoints/<step> -> (checkpoints dir, step or None)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and os.path.isdir(path):
-    return os.path.dirname(path.rstrip("/")), int(base)
-  if os.path.isdir(path):
-    return path, None
-  raise FileNotFoundError(
-      f"{path}: not a run. Pass a workdir (with a checkpoints/ folder), its checkpoints/ folder, "
-      "or one checkpoint, checkpoints/<step>.")
 
 
 @dataclasses.dataclass
@@ -114,23 +98,23 @@ def load(path: str, *, step: Optional[int] = None,
          device: Optional[jax.Device] = None) -> LoadedModel:
   """Restores a run (latest checkpoint, or `step`) onto one device (default: the first local one).
 
-  path: a workdir, its checkpoints/ folder, or checkpoints/<step>.
+  path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted from
+  OpenCLIP/OpenAI weights by `python -m rankclip_jax.convert` (the same layout). Only the
+  parameters are read, not the optimizer state.
   """
-  directory, path_step = _resolve(path)
+  directory, path_step = checkpointing.resolve_run(path)
   step = path_step if step is None else step
   ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
   try:
     step = ckpt.resolve_step(step)
-    config = ml_collections.ConfigDict(ckpt.restore_config(step))
+    config = ckpt.saved_config(step)
     model = build_model(config.model, context_length=config.context_length,
                         logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)
-    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
-    abstract = jax.eval_shape(lambda k: train.init_state(model, tx, k, config), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: train.init_params(model, k, config), jax.random.key(0))
     sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-    target = checkpointing.abstract_with_shardings(abstract,
-                                                   jax.tree.map(lambda _: sharding, abstract))
-    _, state = ckpt.restore(target, step=step)
+    params = ckpt.restore_params(checkpointing.abstract_with_shardings(
+        abstract, jax.tree.map(lambda _: sharding, abstract)), step)
   finally:
     ckpt.close()
-  return LoadedModel(model=model, params=state.params, config=config,
+  return LoadedModel(model=model, params=params, config=config,
                      tokenizer=ClipTokenizer(config.context_length), step=int(step))

@@ -36,13 +36,25 @@ def weight_decay_mask(params, no_decay_regex: str):
       lambda path, _: pattern.fullmatch(path_str(path)) is None, params)
 
 
+def frozen_mask(params, freeze_regex: str):
+  """True for parameters that are not trained (path fully matches freeze_regex; "" freezes none).
+  Python bools, so that masking gradients with it lets XLA drop the frozen part's backward pass."""
+  if not freeze_regex:
+    return jax.tree.map(lambda _: False, params)
+  pattern = re.compile(freeze_regex)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: pattern.fullmatch(path_str(path)) is not None, params)
+
+
 def make_optimizer(optim_config, total_steps: int):
-  """Returns (optax transformation, schedule)."""
+  """Returns (optax transformation, schedule). Parameters matching optim_config.freeze_regex get
+  no update and no optimizer state."""
   schedule = learning_rate_schedule(optim_config, total_steps)
-  try:
-    re.compile(optim_config.no_decay_regex)
-  except re.error as e:
-    raise ValueError(f"config.optim.no_decay_regex is not a valid regex: {e}") from e
+  for field in ("no_decay_regex", "freeze_regex"):
+    try:
+      re.compile(optim_config.get(field, ""))
+    except re.error as e:
+      raise ValueError(f"config.optim.{field} is not a valid regex: {e}") from e
   b1, b2 = optim_config.betas
   adamw = optax.adamw(
       schedule, b1=b1, b2=b2, eps=optim_config.eps, weight_decay=optim_config.weight_decay,
@@ -51,4 +63,10 @@ def make_optimizer(optim_config, total_steps: int):
   if optim_config.grad_clip_norm and optim_config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
   parts.append(adamw)
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  freeze_regex = optim_config.get("freeze_regex", "")
+  if freeze_regex:
+    label = lambda p: jax.tree.map(lambda f: "frozen" if f else "trained",  # pylint: disable=g-long-lambda
+                                   frozen_mask(p, freeze_regex))
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
+  return tx, schedule

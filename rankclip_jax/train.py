@@ -39,7 +39,7 @@ from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
 from rankclip_jax.losses import cyclip_loss, rankclip_loss, ranking_weight_multiplier, siglip_loss
 from rankclip_jax.models import build_model
-from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale
+from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale, l2_normalize
 
 
 LOSSES_WITH_BIAS = ("siglip",)
@@ -55,10 +55,16 @@ class TrainState:
   data_skipped: jax.Array
 
 
-def init_state(model, tx, rng, config) -> TrainState:
+def init_params(model, rng, config):
   images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
   tokens = jnp.zeros((1, config.context_length), jnp.int32)
-  params = model.init(rng, images, tokens)["params"]
+  return model.init(rng, images, tokens)["params"]
+
+
+def init_state(model, tx, rng, config, params=None) -> TrainState:
+  """A fresh TrainState at step 0: `params` (e.g. pretrained weights) or a random initialisation."""
+  if params is None:
+    params = init_params(model, rng, config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     data_skipped=jnp.zeros((len(SKIP_KINDS),), jnp.int32))
 
@@ -86,6 +92,8 @@ def make_objective(config, mesh):
     kw = dict(axis_name=axis_name, chunk_size=chunk_size)
     if lc.name == "siglip":
       return siglip_loss(image_emb, text_emb, scale, logit_bias, **kw)
+    if lc.name == "pcclip":  # symmetric InfoNCE between captions and image differences
+      return rankclip_loss(image_emb, text_emb, scale, cross_weight=0.0, inmodal_weight=0.0, **kw)
     loss_fn = {"rankclip": rankclip_loss, "cyclip": cyclip_loss}[lc.name]
     return loss_fn(image_emb, text_emb, scale, cross_weight=lc.cross_weight * multiplier,
                    inmodal_weight=lc.inmodal_weight * multiplier, **kw)
@@ -118,6 +126,20 @@ def _merge_microbatches(x):
   return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
+def embed_batch(model, params, batch):
+  """-> (image-side embeddings, text embeddings, logit scale) of a training batch.
+
+  A batch of image pairs (PC-CLIP: "image_a", "image_b") is embedded as normalize(v_a - v_b), the
+  difference of the two normalised image embeddings, which the comparative caption must match.
+  """
+  if "image_a" in batch:
+    n = batch["image_a"].shape[0]
+    images = jnp.concatenate([batch["image_a"], batch["image_b"]])
+    image_emb, text_emb, logit_scale = model.apply({"params": params}, images, batch["text"])
+    return l2_normalize(image_emb[:n] - image_emb[n:]), text_emb, logit_scale
+  return model.apply({"params": params}, batch["image"], batch["text"])
+
+
 def loss_and_grads(params, batch, step, *, model, objective, microbatches: int = 1):
   """((loss, metrics), grads) of the objective on one global batch.
 
@@ -131,7 +153,7 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
 
   if microbatches == 1:
     def full(p):
-      image_emb, text_emb, logit_scale = model.apply({"params": p}, batch["image"], batch["text"])
+      image_emb, text_emb, logit_scale = embed_batch(model, p, batch)
       return objective(image_emb, text_emb, logit_scale, p.get("logit_bias"), step)
     return jax.value_and_grad(full, has_aux=True)(params)
 
@@ -140,7 +162,7 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
     return logit_scale, p.get("logit_bias")
 
   def embed(p, mb):
-    image_emb, text_emb, _ = model.apply({"params": p}, mb["image"], mb["text"])
+    image_emb, text_emb, _ = embed_batch(model, p, mb)
     return image_emb, text_emb
 
   micro = jax.tree.map(lambda x: _split_microbatches(x, microbatches), batch)
@@ -164,10 +186,14 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
   return (loss, metrics), grads
 
 
-def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1):
-  model_batch = {"image": batch["image"], "text": batch["text"]}
+def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
+               freeze_regex: str = ""):
+  model_batch = {k: v for k, v in batch.items() if k != "skipped"}
   (_, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
                                        objective=objective, microbatches=microbatches)
+  if freeze_regex:  # frozen parameters: no gradient, so XLA drops their backward pass
+    grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads,
+                         optim.frozen_mask(grads, freeze_regex))
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
@@ -197,21 +223,61 @@ class Trainer:
     self._init = jax.jit(init, out_shardings=self.state_shardings)
     self.batch_sharding = shd.batch_sharding(self.mesh)
     step = functools.partial(train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                             objective=self.objective, microbatches=config.microbatches)
+                             objective=self.objective, microbatches=config.microbatches,
+                             freeze_regex=config.optim.freeze_regex)
     self.train_step = jax.jit(
         step, in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, shd.replicated(self.mesh)), donate_argnums=0)
 
   def init(self) -> TrainState:
-    return self._init(jax.random.key(self.config.seed))
+    """Step 0: random parameters, or config.model.init_from's weights (with a fresh optimizer)."""
+    state = self._init(jax.random.key(self.config.seed))
+    if not self.config.model.init_from:
+      return state
+    from rankclip_jax.interop import pretrained  # pylint: disable=g-import-not-at-top
+    loaded = pretrained.load(self.config, self.abstract_state.params)
+
+    def put(path, fresh):
+      key = tuple(getattr(p, "key", getattr(p, "name", None)) for p in path)
+      if key not in loaded:
+        return fresh  # the few parameters the source lacks (a logit bias) keep their init
+      value = loaded[key]
+      return jax.make_array_from_callback(value.shape, fresh.sharding, lambda idx: value[idx])
+
+    params = jax.tree_util.tree_map_with_path(put, state.params)
+    with_params = jax.jit(
+        functools.partial(init_state, self.model, self.tx, None, config=self.config),
+        out_shardings=self.state_shardings)
+    return with_params(params=params)
 
   def abstract_state_with_shardings(self):
     return checkpointing.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
+  @property
+  def image_keys(self) -> tuple[str, ...]:
+    """The image fields of a training batch: one image, or a pair (PC-CLIP)."""
+    return (("image_a", "image_b") if self.config.data.train.kind in pipeline.PAIR_KINDS
+            else ("image",))
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    c, s = self.config, self.batch_sharding
+    out = {k: jax.ShapeDtypeStruct((c.batch_size, c.image_size, c.image_size, 3), jnp.float32,
+                                   sharding=s) for k in self.image_keys}
+    out["text"] = jax.ShapeDtypeStruct((c.batch_size, c.context_length), jnp.int32, sharding=s)
+    out["skipped"] = jax.ShapeDtypeStruct((c.batch_size, len(SKIP_KINDS)), jnp.int32, sharding=s)
+    return out
 
   def train_iterator(self):
     c = self.config
     source = pipeline.make_source(c.data.train, image_size=c.image_size, seed=c.seed)
     logging.info("Training data: %r", source)
+    if c.data.train.kind in pipeline.PAIR_KINDS:
+      from rankclip_jax.data import pairs  # pylint: disable=g-import-not-at-top
+      return pairs.pair_iterator(
+          source, per_process_batch_size=c.batch_size // jax.process_count(), seed=c.seed,
+          tokenizer=self.tokenizer, image_size=c.image_size, process_index=jax.process_index(),
+          process_count=jax.process_count(), worker_count=c.data.worker_count,
+          num_threads=c.data.num_threads)
     return pipeline.train_iterator(
         source, per_process_batch_size=c.batch_size // jax.process_count(), seed=c.seed,
         tokenizer=self.tokenizer, image_size=c.image_size, crop_scale=c.data.crop_scale,
@@ -222,7 +288,7 @@ class Trainer:
   def global_batch(self, local_batch: dict[str, np.ndarray]):
     """This process's numpy batch -> one global jax.Array per field, split over the mesh."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, local_batch[k])
-            for k in ("image", "text", "skipped")}
+            for k in self.image_keys + ("text", "skipped")}
 
 
 # Loss terms shown on the progress line when the loss reports them: (metric, short name).
@@ -296,13 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return m
 
   preemption = Preemption()
-  abstract_batch = {
-      "image": jax.ShapeDtypeStruct((config.batch_size, config.image_size, config.image_size, 3),
-                                    jnp.float32, sharding=trainer.batch_sharding),
-      "text": jax.ShapeDtypeStruct((config.batch_size, config.context_length), jnp.int32,
-                                   sharding=trainer.batch_sharding),
-      "skipped": jax.ShapeDtypeStruct((config.batch_size, len(SKIP_KINDS)), jnp.int32,
-                                      sharding=trainer.batch_sharding)}
+  abstract_batch = trainer.abstract_batch()
   peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.model.dtype,
                                          config.peak_tflops)
   # Tracing the step once more for its FLOPs takes seconds: on CPU only when a peak is given.

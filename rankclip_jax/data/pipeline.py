@@ -31,6 +31,7 @@ from PIL import Image
 
 from rankclip_jax.data import images, synthetic
 from rankclip_jax.data.csv_files import CsvSource
+from rankclip_jax.data.files import DataPathError, expand_paths
 from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skip_kind, skipped
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.data.webdataset import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS, WebDatasetSource
@@ -38,7 +39,9 @@ from rankclip_jax.data.webdataset import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXT
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
-SOURCE_KINDS = ("synthetic", "webdataset", "csv")
+SOURCE_KINDS = ("synthetic", "webdataset", "csv", "synthetic_pairs", "csv_pairs")
+# Image pairs with comparative captions (PC-CLIP fine-tuning, config.loss.name="pcclip").
+PAIR_KINDS = ("synthetic_pairs", "csv_pairs")
 # A run whose data is this many bad examples in a row is stopped: it would never make a batch.
 MAX_CONSECUTIVE_SKIPS = 10_000
 
@@ -76,6 +79,19 @@ def make_source(source_config, *, image_size: int, seed: int, split: str | None 
     return CsvSource(source_config.path, image_key=source_config.image_key or "image",
                      caption_key=source_config.caption_key or "caption",
                      delimiter=source_config.delimiter, field=f"{field}.path")
+  if kind == "synthetic_pairs":
+    from rankclip_jax.data.pairs import SyntheticPairs  # pylint: disable=g-import-not-at-top
+    return SyntheticPairs(num_records=int(source_config.num_records), seed=seed,
+                          split=split or source_config.split, image_size=image_size)
+  if kind == "csv_pairs":
+    from rankclip_jax.data.pairs import CsvPairs  # pylint: disable=g-import-not-at-top
+    paths = expand_paths(source_config.path, suffixes=(".csv", ".tsv"), field=f"{field}.path")
+    if len(paths) != 1:
+      raise DataPathError(f"{field}.path: csv_pairs reads one CSV/TSV file; got {len(paths)}.")
+    a_key, _, b_key = (source_config.image_key or "image_a,image_b").partition(",")
+    return CsvPairs(paths[0], image_a_key=a_key.strip(), image_b_key=b_key.strip() or "image_b",
+                    caption_key=source_config.caption_key or "caption",
+                    delimiter=source_config.delimiter)
   raise ValueError(
       f"Unknown data source kind {kind!r} in {field}.kind; choose one of {SOURCE_KINDS}.")
 

@@ -26,6 +26,7 @@ class TextTransformer(nn.Module):
   eot_id: int
   mlp_ratio: float = 4.0
   act: str = "gelu"
+  ln_eps: float = 1e-6  # flax's default; torch's (OpenCLIP weights) is 1e-5
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -45,8 +46,8 @@ class TextTransformer(nn.Module):
     x = x + pos[:length].astype(self.dtype)
     mask = nn.make_causal_mask(tokens)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
-                remat=self.remat, dtype=self.dtype, name="encoder")(x, mask)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+                ln_eps=self.ln_eps, remat=self.remat, dtype=self.dtype, name="encoder")(x, mask)
+    x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
     # none (hand-made input) falls back to the last position.
     is_eot = tokens == self.eot_id

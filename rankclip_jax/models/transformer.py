@@ -48,15 +48,16 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
   act: str = "gelu"
+  ln_eps: float = 1e-6
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None):
-    y = nn.LayerNorm(dtype=self.dtype, name="ln_1")(x)
+    y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_1")(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, name="attn")(y, y, mask=mask)
     x = x + y
-    y = nn.LayerNorm(dtype=self.dtype, name="ln_2")(x)
+    y = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_2")(x)
     y = MlpBlock(self.mlp_dim, act=self.act, dtype=self.dtype, name="mlp")(y)
     return x + y
 
@@ -72,6 +73,7 @@ class Encoder(nn.Module):
   num_heads: int
   mlp_dim: int
   act: str = "gelu"
+  ln_eps: float = 1e-6
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -79,6 +81,6 @@ class Encoder(nn.Module):
   def __call__(self, x, mask: Optional[jax.Array] = None):
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_dim, act=self.act, dtype=self.dtype,
-                    name=f"block_{i}")(x, mask)
+      x = block_cls(self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
+                    dtype=self.dtype, name=f"block_{i}")(x, mask)
     return x

@@ -65,6 +65,7 @@ class TwoTowers(nn.Module):
   vocab_size: int = VOCAB_SIZE
   eot_id: int = EOT_ID
   act: str = "gelu"
+  ln_eps: float = 1e-6
   pool: str = "cls"
   stem: str = "patch"
   remat: bool = False
@@ -80,11 +81,11 @@ class TwoTowers(nn.Module):
     self.image = VisionTransformer(
         patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
         num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
-        remat=self.remat, dtype=self.dtype)
+        ln_eps=self.ln_eps, remat=self.remat, dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
-        act=self.act, remat=self.remat, dtype=self.dtype)
+        act=self.act, ln_eps=self.ln_eps, remat=self.remat, dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -106,19 +107,34 @@ class TwoTowers(nn.Module):
     return image_emb, text_emb, clamp_logit_scale(self.logit_scale, self.logit_scale_max)
 
 
-def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
-  """Builds TwoTowers from `config.model` (fields: size, act, pool, stem, remat, dtype, init_scale,
-  init_bias). `logit_bias`: give the model a learnable logit bias initialised at init_bias (the
-  trainer asks for it when the loss has one: SigLIP)."""
+def tower_sizes(model_config) -> TowerSizes:
+  """config.model.size by name, or config.model.custom's fields for size "custom" (a converted
+  OpenCLIP model whose towers are none of the named sizes)."""
+  if model_config.size == "custom":
+    fields = {f.name: int(model_config.custom[f.name]) for f in dataclasses.fields(TowerSizes)}
+    bad = [k for k, v in fields.items() if v <= 0]
+    if bad:
+      raise ValueError(f"config.model.size='custom' needs config.model.custom.{bad[0]} > 0 "
+                       f"(got {fields}).")
+    return TowerSizes(**fields)
   if model_config.size not in SIZES:
     raise ValueError(
         f"config.model.size={model_config.size!r} is not a known size; choose one of "
-        f"{sorted(SIZES)}.")
+        f"{sorted(SIZES)} or 'custom' (with config.model.custom).")
+  return SIZES[model_config.size]
+
+
+def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
+  """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
+  dtype, init_scale, init_bias). `logit_bias`: give the model a learnable logit bias initialised at
+  init_bias (the trainer asks for it when the loss has one: SigLIP)."""
+  sizes = tower_sizes(model_config)
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if model_config.dtype not in dtypes:
     raise ValueError(f"config.model.dtype={model_config.dtype!r}; choose one of {sorted(dtypes)}.")
   return TwoTowers(
-      sizes=SIZES[model_config.size], context_length=context_length, act=model_config.act,
+      sizes=sizes, context_length=context_length, act=model_config.act,
+      ln_eps=float(model_config.get("ln_eps", 1e-6)),
       pool=model_config.pool, stem=model_config.stem, remat=model_config.remat,
       dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
       logit_bias_init=float(model_config.init_bias) if logit_bias else None)

@@ -31,6 +31,7 @@ class VisionTransformer(nn.Module):
   # better"): same token grid, much faster to learn shape from little data (the CPU demo uses it).
   stem: str = "patch"
   act: str = "gelu"
+  ln_eps: float = 1e-6  # flax's default; torch's (OpenCLIP weights) is 1e-5
   remat: bool = False
   dtype: Dtype = jnp.float32
 
@@ -55,11 +56,11 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"Unknown pool {self.pool!r}; choose 'cls' or 'gap'.")
     pos = self.param("pos_embedding", nn.initializers.normal(scale), (x.shape[1], self.width))
     x = x + pos.astype(x.dtype)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_pre")(x)
+    x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_pre")(x)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
-                remat=self.remat, dtype=self.dtype, name="encoder")(x)
+                ln_eps=self.ln_eps, remat=self.remat, dtype=self.dtype, name="encoder")(x)
     pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-    pooled = nn.LayerNorm(dtype=self.dtype, name="ln_post")(pooled)
+    pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_post")(pooled)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)
 
   def _stem(self, x):
@@ -75,6 +76,6 @@ class VisionTransformer(nn.Module):
       channels = max(self.width // 2 ** (levels - 1 - i), 32)
       x = nn.Conv(channels, (3, 3), strides=2, padding="SAME", dtype=self.dtype,
                   name=f"stem_conv_{i}")(x)
-      x = nn.LayerNorm(dtype=self.dtype, name=f"stem_ln_{i}")(x)
+      x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name=f"stem_ln_{i}")(x)
       x = nn.gelu(x)
     return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="patch_embed")(x)

@@ -1,0 +1,159 @@
+"""`config.model.init_from`: start training or fine-tuning from existing weights.
+
+The source is one of
+  - a run of ours (its workdir, checkpoints/ or checkpoints/<step>), or a model converted by
+    `python -m rankclip_jax.convert` (same layout): only its parameters are read;
+  - an OpenCLIP / OpenAI CLIP state dict (.safetensors, or .pt/.pth/.bin from torch.save).
+Its towers must be the ones config.model describes; when they are not, the error lists the
+overrides that make them so. The text position table may be longer than config.context_length (its
+first rows are used: causal attention makes that exact for shorter texts). A logit bias that only
+one side has is dropped or freshly initialised (SigLIP <-> softmax losses).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from rankclip_jax import checkpointing
+from rankclip_jax.config_validation import ConfigError
+from rankclip_jax.interop import open_clip, tensor_files
+from rankclip_jax.models import tower_sizes
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def architecture(config) -> dict[str, Any]:
+  """The fields of a config that decide the parameters' shapes and meaning."""
+  sizes = tower_sizes(config.model)
+  out = {"image_size": int(config.image_size), "model.act": config.model.act,
+         "model.ln_eps": float(config.model.get("ln_eps", 1e-6)),
+         "model.pool": config.model.pool, "model.stem": config.model.stem}
+  for field, value in vars(sizes).items():
+    out[f"model.custom.{field}"] = value
+  return out
+
+
+def _overrides(source: dict[str, Any], target_config, source_size: str) -> list[str]:
+  """--config flags that make target_config's towers the source's (empty: they already are)."""
+  target = architecture(target_config)
+  flags = [f"--config.{k}={v}" for k, v in source.items()
+           if not k.startswith("model.custom.") and target.get(k) != v]
+  if any(target[k] != v for k, v in source.items() if k.startswith("model.custom.")):
+    if source_size != "custom":
+      flags.append(f"--config.model.size={source_size}")
+    else:
+      flags.append("--config.model.size=custom")
+      flags += [f"--config.{k}={v}" for k, v in source.items() if k.startswith("model.custom.")]
+  return flags
+
+
+def _check(source: dict[str, Any], config, source_size: str, path: str):
+  flags = _overrides(source, config, source_size)
+  if flags:
+    raise ConfigError(
+        f"config.model.init_from={path}: its towers differ from config.model. Add "
+        f"{' '.join(flags)}")
+
+
+def _from_state_dict(path: str, config) -> dict:
+  state = tensor_files.read_state_dict(path)
+  try:
+    # Head counts are not in a state dict: config.model's are taken.
+    sizes = tower_sizes(config.model)
+    spec = open_clip.infer_spec(state, act=config.model.act, image_heads=sizes.image_heads,
+                                text_heads=sizes.text_heads)
+  except open_clip.ConversionError as e:
+    raise ConfigError(f"config.model.init_from={path}: {e}") from None
+  source = {"image_size": spec["image_size"], "model.act": config.model.act,
+            "model.ln_eps": spec["ln_eps"], "model.pool": "cls", "model.stem": "patch"}
+  source.update({f"model.custom.{k}": v for k, v in vars(spec["sizes"]).items()})
+  _check(source, config, spec["size"], path)
+  logging.info("init_from %s: OpenCLIP state dict, %s towers, activation %s (a state dict does "
+               "not record it: config.model.act)", path, spec["size"], config.model.act)
+  return open_clip.to_flax(state, spec)
+
+
+def _from_run(path: str, config, abstract_params) -> dict:
+  directory, step = checkpointing.resolve_run(path)
+  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
+  try:
+    step = ckpt.resolve_step(step)
+    saved = ckpt.saved_config(step)
+    source = architecture(saved)
+    _check(source, config, saved.model.size, path)
+    # Read onto the host; shapes as saved (the context length may differ from ours).
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    from rankclip_jax import train  # pylint: disable=g-import-not-at-top
+    from rankclip_jax.models import build_model  # pylint: disable=g-import-not-at-top
+    model = build_model(saved.model, context_length=saved.context_length,
+                        logit_bias=saved.loss.name in train.LOSSES_WITH_BIAS)
+    abstract = jax.eval_shape(lambda k: train.init_params(model, k, saved), jax.random.key(0))
+    params = ckpt.restore_params(checkpointing.abstract_with_shardings(
+        abstract, jax.tree.map(lambda _: cpu, abstract)), step)
+  finally:
+    ckpt.close()
+  logging.info("init_from %s: step %d of that run", path, step)
+  del abstract_params
+  return jax.tree.map(np.asarray, params)
+
+
+def load(config, abstract_params) -> dict[tuple[str, ...], np.ndarray]:
+  """The weights of config.model.init_from fitted to `abstract_params` (the model's parameter
+  shapes): {parameter path: array}. Parameters missing from the result keep their fresh
+  initialisation (only ever the logit bias)."""
+  path = os.path.abspath(os.path.expanduser(config.model.init_from))
+  if os.path.isfile(path):
+    if not path.endswith(STATE_DICT_SUFFIXES):
+      raise ConfigError(f"config.model.init_from={path}: a file, but not a state dict "
+                        f"({', '.join(STATE_DICT_SUFFIXES)}); or give a run's workdir.")
+    loaded = _from_state_dict(path, config)
+  elif os.path.isdir(path):
+    loaded = _from_run(path, config, abstract_params)
+  else:
+    raise ConfigError(f"config.model.init_from={path}: no such file or directory.")
+  return fit(loaded, abstract_params, path)
+
+
+def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, prefix + (str(k),)))
+    return out
+  return {prefix: tree}
+
+
+def fit(loaded, abstract_params, path: str) -> dict[tuple[str, ...], np.ndarray]:
+  have, want = _flatten(loaded), _flatten(abstract_params)
+  out, problems = {}, []
+  for key, target in want.items():
+    name = "/".join(key)
+    if key not in have:
+      if key == ("logit_bias",):
+        logging.warning("init_from %s has no logit bias; it starts at config.model.init_bias.",
+                        path)
+        continue
+      problems.append(f"{name} is missing")
+      continue
+    value = np.asarray(have[key], np.float32)
+    if key == ("text", "pos_embedding") and value.shape[0] > target.shape[0]:
+      value = value[:target.shape[0]]  # a longer context than config.context_length
+    if value.shape != tuple(target.shape):
+      problems.append(f"{name} has shape {value.shape}, the model wants {tuple(target.shape)}")
+      continue
+    out[key] = value.astype(target.dtype)
+  extra = sorted("/".join(k) for k in have if k not in want)
+  if extra == ["logit_bias"]:
+    logging.warning("init_from %s has a logit bias this loss does not use; dropped.", path)
+  elif extra:
+    problems.append(f"parameters the model does not have: {extra[:6]}")
+  if problems:
+    raise ConfigError(f"config.model.init_from={path} does not fit config.model: "
+                      + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else "")
+                      + ". Check config.context_length, config.model.size and the loss.")
+  return out
