@@ -143,6 +143,7 @@ def export_run(run: str, output: str, *, step: Optional[int] = None) -> tuple[st
   return output, json_path
 
 
+_STEP = cli.step_flag()
 _INPUT = flags.DEFINE_string(
     "input", None, "A state dict (.safetensors/.pt/.pth/.bin) to import, or a run (workdir, "
     "checkpoints/ or checkpoints/<step>) to export.")
@@ -161,7 +162,6 @@ _OPEN_CLIP_CONFIG = flags.DEFINE_string(
     "open_clip_config", None, "Import: the model's open_clip config JSON (open_clip's "
     "model_configs/<name>.json, or the .json an export writes): activation, heads, LayerNorm "
     "epsilon.")
-_STEP = flags.DEFINE_integer("step", None, "Export: the checkpoint step (default: the latest).")
 
 
 def main(argv):
@@ -182,7 +182,7 @@ def main(argv):
             f"python -m rankclip_jax.evaluate --workdir={_OUTPUT.value}, or "
             f"--config.model.init_from={_OUTPUT.value}.")
     else:
-      weights, model_json = export_run(_INPUT.value, _OUTPUT.value, step=_STEP.value)
+      weights, model_json = export_run(_INPUT.value, _OUTPUT.value, step=_STEP())
       print(f"Wrote {weights} and its open_clip model config {model_json}.")
   except USER_ERRORS + (FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"Error: {e}") from None

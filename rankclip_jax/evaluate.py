@@ -80,8 +80,8 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
   return step, metrics
 
 
+_STEP = cli.step_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (as given to main.py).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _EVALS = config_flags.DEFINE_config_file(
     "evals", None, "Optional config file whose `evals` replace the run's own "
     "(override fields with --evals.evals.<name>.<field>=...).", lock_config=True)
@@ -94,7 +94,7 @@ def main(argv):
   cli.start(argv)
   evals = _EVALS.value.evals if _EVALS.value is not None else None
   try:
-    step, metrics = evaluate_run(_WORKDIR.value, step=_STEP.value, evals=evals,
+    step, metrics = evaluate_run(_WORKDIR.value, step=_STEP(), evals=evals,
                                  eval_data_dir=_EVAL_DATA_DIR.value)
   except USER_ERRORS + (FileNotFoundError,) as e:
     raise SystemExit(f"Error: {e}") from None

@@ -27,3 +27,22 @@ def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argumen
   if os.path.basename(cache).startswith("rankclip_jax_test_xla_cache_"):
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(cache, ignore_errors=True)
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+MICRO_RUN_STEPS = 40
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+  """One real trained micro run in CLIP's layout (linear patch stem, class token, quick_gelu), shared
+  by the tests that need a trained checkpoint (notebook, OpenCLIP export, PC-CLIP fine-tuning)."""
+  from tests.test_train import micro_config  # pylint: disable=g-import-not-at-top
+  from rankclip_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("micro_run"))
+  config = micro_config(total_steps=MICRO_RUN_STEPS, evals={}, **{
+      "model.stem": "patch", "model.pool": "cls", "model.act": "quick_gelu",
+      "checkpoint.every_steps": 20, "log_every_steps": 20})
+  train.train_and_evaluate(config, workdir)
+  return workdir

@@ -5,26 +5,23 @@ import os
 import re
 import sys
 
-import ml_collections
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from rankclip_jax import train
-from tests.test_train import micro_config
+from rankclip_jax import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 NOTEBOOK = os.path.join(NOTEBOOKS, "quickstart.ipynb")
-STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = micro_config(total_steps=STEPS)
-  config.evals = ml_collections.ConfigDict()  # no evaluation at the end: only the checkpoint matters
-  train.train_and_evaluate(config, workdir)
+def executed(micro_run):
+  workdir = micro_run  # conftest.py: a real trained micro run, shared with other tests
+  ckpt = checkpointing.Checkpointer(workdir + "/checkpoints", every_steps=1, keep=10)
+  step = ckpt.latest_step()
+  ckpt.close()
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # One extra cell, last, reports which Python the kernel runs.
@@ -36,7 +33,7 @@ def executed(tmp_path_factory):
   client = NotebookClient(nb, timeout=600, kernel_name="python3",
                           resources={"metadata": {"path": NOTEBOOKS}})
   client.execute(env=env)
-  return nb, workdir
+  return nb, workdir, step
 
 
 def _text(cell):
@@ -60,7 +57,7 @@ def test_committed_notebook_is_clean_nbformat4():
 
 
 def test_notebook_runs_without_errors_in_the_venv_kernel(executed):
-  nb, _ = executed
+  nb, _, _ = executed
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.execution_count is not None for c in code)
   errors = [o for c in code for o in c.outputs if o.output_type == "error"]
@@ -69,15 +66,15 @@ def test_notebook_runs_without_errors_in_the_venv_kernel(executed):
 
 
 def test_notebook_loads_the_trained_run(executed):
-  nb, workdir = executed
+  nb, workdir, step = executed
   out = _text(_tagged(nb, "load"))
-  assert re.search(r"^step: (\d+)$", out, re.M).group(1) == str(STEPS)
+  assert re.search(r"^step: (\d+)$", out, re.M).group(1) == str(step)
   assert f"run: {workdir}\n" in out
   assert int(re.search(r"^parameters: ([\d,]+)$", out, re.M).group(1).replace(",", "")) > 0
 
 
 def test_similarity_matrix_is_a_picture_and_top1_is_printed(executed):
-  nb, _ = executed
+  nb, _, _ = executed
   cell = _tagged(nb, "similarity")
   assert any("image/png" in o.get("data", {}) for o in cell.outputs if o.output_type ==
              "display_data")
@@ -86,7 +83,7 @@ def test_similarity_matrix_is_a_picture_and_top1_is_printed(executed):
 
 
 def test_zero_shot_accuracy_is_printed(executed):
-  nb, _ = executed
+  nb, _, _ = executed
   out = _text(_tagged(nb, "zero-shot"))
   match = re.search(r"zero-shot shape accuracy: ([\d.]+) on 64 test scenes", out)
   assert match, out

@@ -140,16 +140,6 @@ def test_b16_and_l14_state_dicts_map_onto_our_towers(reference, name, size):
       k: v for k, v in shapes.items() if k != "attn_mask"}
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("micro_run"))
-  config = micro_config(total_steps=2, evals={}, **{"model.stem": "patch", "model.pool": "cls"})
-  config.model.act = "quick_gelu"
-  config.checkpoint.every_steps = 2
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
 def test_export_loads_into_open_clip_and_round_trips(micro_run, reference, tmp_path):
   weights, model_json = convert.export_run(micro_run, str(tmp_path / "micro.safetensors"))
   with open(model_json) as f:

@@ -5,7 +5,7 @@ image differs from the second ("the first image shows a larger shape than the se
 
 - `SyntheticPairs`: pairs of the embedded scenes whose comparison is exactly true by construction:
   size (the size classes do not overlap), object count, horizontal and vertical position (centres
-  at least a third of the image apart) and colour. Each example also carries `opposite`, the caption
+  at least a fifth of the image apart) and colour. Each example also carries `opposite`, the caption
   with the comparison reversed, and `attribute`, the index into ATTRIBUTES.
 - `CsvPairs`: (image_a, image_b, caption) rows of a CSV/TSV, image paths relative to the file.
 """
@@ -41,8 +41,8 @@ _TEMPLATES = {
 }
 _COLOUR_TEMPLATES = ("the first image has a {} shape where the second has a {} one.",
                      "the shape is {} in the left image and {} in the right image.")
-_MIN_SHIFT = 1 / 3  # centres this far apart (fraction of the image) for a position comparison
-_TRIES = 64
+_MIN_SHIFT = 0.2  # centres this far apart (fraction of the image) for a position comparison
+_TRIES = 1000
 
 
 def comparison(attribute: str, first_has_more: bool, template: int = 0) -> str:
@@ -223,13 +223,9 @@ def pair_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer: 
                   worker_count: int = 0, num_threads: int = 4, prefetch: int = 8):
   """Infinite iterator over this process's batches of pairs (the pipeline.train_iterator recipe:
   global shuffle each epoch, per-process slice, bad rows skipped and counted, checkpointable)."""
-  from rankclip_jax.data.pipeline import DropSkipped  # pylint: disable=g-import-not-at-top
+  from rankclip_jax.data.pipeline import batched_iterator  # pylint: disable=g-import-not-at-top
   ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
         [process_index::process_count]
         .map(PreparePair(image_size, tokenizer)))
-  ids = DropSkipped(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                         prefetch_buffer_size=prefetch)))
-  ids = ids.batch(per_process_batch_size, drop_remainder=True)
-  if worker_count > 0:
-    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(ids)
+  return batched_iterator(ds, per_process_batch_size=per_process_batch_size,
+                          worker_count=worker_count, num_threads=num_threads, prefetch=prefetch)

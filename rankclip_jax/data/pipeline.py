@@ -215,6 +215,14 @@ def train_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer:
                     seed=seed + 1)
         [process_index::process_count]
         .map(Preprocess(tokenizer)))
+  return batched_iterator(ds, per_process_batch_size=per_process_batch_size,
+                          worker_count=worker_count, num_threads=num_threads, prefetch=prefetch)
+
+
+def batched_iterator(ds: grain.MapDataset, *, per_process_batch_size: int, worker_count: int = 0,
+                     num_threads: int = 4, prefetch: int = 8) -> grain.DatasetIterator:
+  """This process's examples -> an iterator of batches: skip markers dropped and counted
+  (DropSkipped), read in threads, optionally in worker processes; checkpointable."""
   ids = DropSkipped(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                          prefetch_buffer_size=prefetch)))
   ids = ids.batch(per_process_batch_size, drop_remainder=True)

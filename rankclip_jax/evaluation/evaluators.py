@@ -20,6 +20,10 @@ of that kind; the metrics come back as {"<name>/<metric>": value}.
   the pairs are synthetic scenes, or the first num_examples of a real source given as `data`
   (a configs.common.data_source: webdataset or csv).
 
+- pairwise, attribute_ranking: PC-CLIP's comparisons on held-out synthetic scene pairs
+  (evaluation/comparative.py). A zero_shot entry with `comparative_alpha` > 0 uses PC-CLIP's
+  comparative prompting (its `comparative_template` names two classes).
+
 Every entry may set `every_steps` (default config.eval_every_steps).
 """
 
@@ -33,12 +37,15 @@ import numpy as np
 
 from rankclip_jax.data import karpathy, pipeline, synthetic, tfds_eval
 from rankclip_jax.data.tokenizer import ClipTokenizer
+from rankclip_jax.data import pairs as pairs_lib
+from rankclip_jax.evaluation import comparative
 from rankclip_jax.evaluation import diagnostics as D
 from rankclip_jax.evaluation import linear_probe as linear_probe_lib
 from rankclip_jax.evaluation import metrics as M
 from rankclip_jax.evaluation.embed import Embedder
 
-EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe")
+EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe", "pairwise",
+              "attribute_ranking")
 
 
 def _eval_source(cfg, *, image_size: int, seed: int, caption_mode: str = "random"):
@@ -61,12 +68,19 @@ class ZeroShotEvaluator:
   tokenizer: ClipTokenizer
   image_size: int
   label_offset: int = 0
+  comparative_alpha: float = 0.0
+  comparative_template: str = "a {} differs from a {} in shape."
 
   def class_embeddings(self, embedder: Embedder, params) -> np.ndarray:
     prompts = [t.format(c) for t in self.templates for c in self.classnames]
     emb = embedder.texts(params, self.tokenizer(prompts))
-    return M.ensemble_class_embeddings(
+    class_emb = M.ensemble_class_embeddings(
         emb.reshape(len(self.templates), len(self.classnames), -1))
+    if self.comparative_alpha > 0:
+      class_emb = comparative.comparative_zero_shot_embeddings(
+          embedder, params, self.tokenizer, class_emb, self.classnames,
+          self.comparative_template, self.comparative_alpha)
+    return class_emb
 
   def run(self, embedder: Embedder, params) -> dict[str, float]:
     skips: dict[str, int] = {}
@@ -224,6 +238,18 @@ def build_evaluators(config, tokenizer: ClipTokenizer) -> dict[str, Any]:
           cfg.task, min_objects=src.min_objects, max_objects=src.max_objects)
       out[name] = ZeroShotEvaluator(name, src, classnames, list(templates), label_key, bs,
                                     tokenizer, size, label_offset=offset)
+      if cfg.get("comparative_alpha", 0.0):
+        out[name].comparative_alpha = float(cfg.comparative_alpha)
+        out[name].comparative_template = cfg.get("comparative_template",
+                                                 out[name].comparative_template)
+    elif cfg.kind == "pairwise":
+      src = pairs_lib.SyntheticPairs(num_records=int(cfg.num_examples), seed=seed,
+                                     split=cfg.get("split", "test"), image_size=size)
+      out[name] = comparative.PairwiseEvaluator(name, src, bs, tokenizer)
+    elif cfg.kind == "attribute_ranking":
+      out[name] = comparative.AttributeRankingEvaluator(
+          name, int(cfg.num_examples), size, bs, tokenizer, split=cfg.get("split", "test"),
+          seed=seed)
     elif cfg.kind == "retrieval" and dataset != "synthetic":
       src = karpathy.KarpathyRetrievalSource(cfg.json_path, cfg.image_root,
                                              split=cfg.get("split") or "test")
