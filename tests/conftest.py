@@ -23,6 +23,8 @@ flags.FLAGS.mark_as_parsed()
 
 
 def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  if hasattr(session.config, "workerinput"):
+    return  # a pytest-xdist worker: the cache is shared, the controller removes it at the end
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
   if os.path.basename(cache).startswith("rankclip_jax_test_xla_cache_"):
     import shutil  # pylint: disable=g-import-not-at-top

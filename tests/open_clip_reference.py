@@ -14,8 +14,8 @@ The request names an output folder and a list of jobs:
     (strict) and writes NAME.npz with the embeddings of the request's images/texts.
   {"kind": "preprocess", "name", "image_size", "images": [png paths]}: open_clip's own eval transform of
     each image, NAME_preprocess.npy [N, H, W, 3].
-Images come from request["images_npz"] (float32 [N, H, W, 3], already normalised) and texts from
-request["texts"].
+Images come from job["images_npz"] or request["images_npz"] (float32 [N, H, W, 3], already
+normalised) and texts from request["texts"].
 """
 
 import json
@@ -29,8 +29,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 
-def _embed(model, request, context_length):
-  images = np.load(request["images_npz"])["images"]
+def _embed(model, request, context_length, images_npz=None):
+  images = np.load(images_npz or request["images_npz"])["images"]
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
   tokens = open_clip.tokenize(request["texts"], context_length=context_length)
   with torch.no_grad():
@@ -59,7 +59,8 @@ def main(request_path):
       save_file(state, os.path.join(out, name + ".safetensors"))
       torch.save(state, os.path.join(out, name + ".pt"))
       np.savez(os.path.join(out, name + ".npz"),
-               **_embed(model, request, job["cfg"]["text_cfg"]["context_length"]))
+               **_embed(model, request, job["cfg"]["text_cfg"]["context_length"],
+                        job.get("images_npz")))
     elif job["kind"] == "shapes":
       with torch.device("meta"):
         model = open_clip.CLIP(**open_clip.get_model_config(job["model"]))

@@ -19,7 +19,7 @@ def fsdp_run(tmp_path_factory):
   config = micro_config(total_steps=4, **{
       "mesh.data": 2, "mesh.fsdp": 4, "sharding.rules": ((".*", "fsdp"),),
       "sharding.fsdp_min_size": 1, "loss.name": "siglip", "loss.cross_weight": 0.0,
-      "loss.inmodal_weight": 0.0})
+      "loss.inmodal_weight": 0.0, "evals": {}})
   train.train_and_evaluate(config, workdir)
   trainer = train.Trainer(config)
   from rankclip_jax import checkpointing  # pylint: disable=g-import-not-at-top

@@ -65,14 +65,14 @@ def reference(tmp_path_factory):
   """One torch subprocess: three random open_clip models and the shapes of B/16 and L/14."""
   out = tmp_path_factory.mktemp("open_clip")
   np.savez(out / "images32.npz", images=_images(3, 32))
+  np.savez(out / "images224.npz", images=_images(2, 224, seed=1))
   jobs = [dict(kind="reference", name="small", cfg=SMALL, seed=1),
           dict(kind="reference", name="small_quick", cfg=dict(SMALL, quick_gelu=True), seed=2),
+          dict(kind="reference", name="b32", cfg=B32, seed=3,
+               images_npz=str(out / "images224.npz")),
           dict(kind="shapes", name="b16", model="ViT-B-16"),
           dict(kind="shapes", name="l14", model="ViT-L-14")]
   _run_torch(dict(jobs=jobs, images_npz=str(out / "images32.npz"), texts=TEXTS), out)
-  np.savez(out / "images224.npz", images=_images(2, 224, seed=1))
-  _run_torch(dict(jobs=[dict(kind="reference", name="b32", cfg=B32, seed=3)],
-                  images_npz=str(out / "images224.npz"), texts=TEXTS), out)
   return out
 
 
