@@ -35,9 +35,10 @@ from rankclip_jax.models.two_towers import SIZES
 
 
 def make_config(size: str, batch: int, image_size: int, context: int, dtype: str, ranking: bool,
-                remat: bool, peak_tflops: float):
+                remat: bool, peak_tflops: float, scan: bool = False):
   c = common.base_config()
   c.model.size = size
+  c.model.scan_layers = scan
   c.model.dtype = dtype
   c.model.remat = remat
   c.batch_size = batch
@@ -61,7 +62,7 @@ def measure(config, steps: int) -> dict:
            "skipped": np.zeros((b, len(SKIP_KINDS)), np.int32)}
   local["text"][:, -1] = 49407
   batch = trainer.global_batch(local)
-  step_flops = flops_lib.step_flops(trainer.train_step, state, batch)
+  step_flops = trainer.step_flops()
   t0 = time.perf_counter()
   for _ in range(2):  # compile + warm-up
     state, metrics = trainer.train_step(state, batch)
@@ -134,6 +135,7 @@ def main():
   parser.add_argument("--context", type=int, default=77)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--scan", action="store_true", help="model.scan_layers (nn.scan blocks)")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--peak_tflops", type=float, default=0.0)
   parser.add_argument("--open_clip_python", default="")
@@ -142,22 +144,24 @@ def main():
   flags.FLAGS.mark_as_parsed()
   dev = jax.devices()[0]
   print(f"{jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
-        f"{args.dtype}, image {args.image_size}, context {args.context}, remat {args.remat}\n")
+        f"{args.dtype}, image {args.image_size}, context {args.context}, remat {args.remat}, "
+        f"scanned layers {args.scan}\n")
   print("| model | batch | loss | ms/step | examples/s | examples/s/device | TFLOP/s | MFU |"
-        " RankCLIP/CLIP step time |\n|---|---|---|---|---|---|---|---|---|")
+        " RankCLIP/CLIP step time | compile + 2 steps s |\n" + "|---" * 10 + "|")
   for size in args.sizes:
     for batch in args.batches:
       rows = {}
       for name, ranking in (("clip", False), ("rankclip", True)):
         cfg = make_config(size, batch, args.image_size, args.context, args.dtype, ranking,
-                          args.remat, args.peak_tflops)
+                          args.remat, args.peak_tflops, args.scan)
         rows[name] = r = measure(cfg, args.steps)
         ratio = (f"{r['ms_per_step'] / rows['clip']['ms_per_step']:.3f}"
                  if name == "rankclip" else "")
         tflops = f"{r['tflops']:.3g}" if "tflops" in r else "-"
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         print(f"| {size} | {batch} | {name} | {r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
-              f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} |",
+              f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} | "
+              f"{r['compile_s']:.1f} |",
               flush=True)
       if args.open_clip_python:
         import os  # pylint: disable=g-import-not-at-top
@@ -167,7 +171,7 @@ def main():
         ours = rows["clip"]["examples_per_s"]
         print(f"| {size} | {batch} | open_clip CLIP (PyTorch, {threads} threads) | "
               f"{batch / torch_rate * 1e3:.1f} | {torch_rate:.0f} | - | - | - | ours/open_clip "
-              f"examples/s: {ours / torch_rate:.2f} |", flush=True)
+              f"examples/s: {ours / torch_rate:.2f} | - |", flush=True)
 
 
 if __name__ == "__main__":

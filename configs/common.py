@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.pool = "cls"  # cls | gap
   c.model.stem = "patch"  # patch (CLIP's linear patchify) | conv (3x3 stride-2 convolutions)
   c.model.remat = False
+  # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
+  # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
+  c.model.scan_layers = False
   c.model.init_scale = 1 / 0.07  # initial exp(logit_scale), clamped to 100 (CLIP); SigLIP: 10
   c.model.init_bias = -10.0  # initial logit bias, for losses that have one (SigLIP)
   c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32

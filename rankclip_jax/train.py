@@ -267,6 +267,18 @@ class Trainer:
     out["skipped"] = jax.ShapeDtypeStruct((c.batch_size, len(SKIP_KINDS)), jnp.int32, sharding=s)
     return out
 
+  def step_flops(self):
+    """FLOPs of one training step (global batch) from XLA's cost analysis, or None. The analysis
+    counts a loop body once, so with scanned layers they are taken from the same step with
+    per-layer blocks (the same computation, traced and lowered but not compiled)."""
+    trainer = self
+    if self.config.model.get("scan_layers", False):
+      config = self.config.copy_and_resolve_references()
+      config.model.scan_layers = False
+      trainer = Trainer(config)
+    return flops_lib.step_flops(trainer.train_step, trainer.abstract_state_with_shardings(),
+                                trainer.abstract_batch())
+
   def train_iterator(self):
     c = self.config
     source = pipeline.make_source(c.data.train, image_size=c.image_size, seed=c.seed)
@@ -362,13 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return m
 
   preemption = Preemption()
-  abstract_batch = trainer.abstract_batch()
   peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.model.dtype,
                                          config.peak_tflops)
   # Tracing the step once more for its FLOPs takes seconds: on CPU only when a peak is given.
-  flops_per_step = (flops_lib.step_flops(trainer.train_step,
-                                         trainer.abstract_state_with_shardings(), abstract_batch)
-                    if not _is_cpu() or config.peak_tflops else None)
+  flops_per_step = trainer.step_flops() if not _is_cpu() or config.peak_tflops else None
   profile_first, profile_last = (int(v) for v in config.profile_steps)
   profiling = False
   try:

@@ -97,3 +97,36 @@ def test_conv_stem_gives_the_same_token_grid_and_output():
   bad = VisionTransformer(patch_size=6, width=32, depth=1, num_heads=2, embed_dim=16, stem="conv")
   with pytest.raises(ValueError, match="power-of-two"):
     bad.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)))
+
+
+def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, remat=True):
+  """model.scan_layers (here with remat inside the scan; scan alone trains in
+  test_train.py::test_fsdp_and_data_parallel_give_the_same_loss): the same parameters stacked on a
+  [depth] axis give the same outputs and gradients; the layouts convert into each other exactly."""
+  from rankclip_jax.models.transformer import is_scanned, with_layer_layout
+  model, params = micro
+  scanned_model = TwoTowers(SIZES["micro"], context_length=8, scan=True, remat=remat)
+  stacked = with_layer_layout(params, scanned=True)
+  assert is_scanned(stacked) and not is_scanned(params)
+  shapes = jax.tree.map(lambda x: x.shape, scanned_model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 8), jnp.int32))["params"])
+  assert jax.tree.map(np.shape, stacked) == jax.tree.map(tuple, shapes,
+                                                         is_leaf=lambda x: isinstance(x, tuple))
+  assert stacked["text"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].shape[0] == 2
+  jax.tree.map(np.testing.assert_array_equal, with_layer_layout(stacked, scanned=False),
+               jax.tree.map(np.asarray, params))
+
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  txt = tokens([[SOT_ID, 320, EOT_ID], [SOT_ID, 736, 7117, EOT_ID]])
+
+  def loss(m, p):
+    i, t, s = m.apply({"params": p}, images, txt)
+    return jnp.sum(jnp.exp(s) * i @ t.T * jnp.arange(4.0).reshape(2, 2))
+
+  want, want_g = jax.value_and_grad(loss, argnums=1)(model, params)
+  got, got_g = jax.value_and_grad(loss, argnums=1)(scanned_model, stacked)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Float reassociation only (gradients here are O(1)-O(10)).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+               with_layer_layout(jax.tree.map(np.asarray, got_g), scanned=False),
+               jax.tree.map(np.asarray, want_g))

@@ -24,6 +24,7 @@ from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.interop import open_clip as oc
 from rankclip_jax.interop import tensor_files
 from rankclip_jax.models import SIZES, TwoTowers, build_model
+from rankclip_jax.models.transformer import with_layer_layout
 from tests.test_train import micro_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +137,8 @@ def test_b16_and_l14_state_dicts_map_onto_our_towers(reference, name, size):
           jax.tree.leaves(jax.tree.map(lambda x: x.shape, want["params"])))
   # ... and back, to the very same keys and shapes.
   back = oc.from_flax(converted)
+  scanned_back = oc.from_flax(with_layer_layout(converted, scanned=True))  # a scan_layers run
+  assert all(np.array_equal(scanned_back[k], back[k]) for k in back)
   assert {k: list(v.shape) for k, v in back.items()} == {
       k: v for k, v in shapes.items() if k != "attn_mask"}
 
@@ -189,6 +192,13 @@ def test_init_from_open_clip_weights_and_from_a_run(micro_run, reference, tmp_pa
   np.testing.assert_array_equal(np.asarray(state0.params["text"]["pos_embedding"]),
                                 want["text"]["pos_embedding"][:16])
   assert int(state0.step) == 0
+  # Into scanned layers: the same weights, stacked per tower.
+  config.model.scan_layers = True
+  scanned = train.Trainer(config).init().params
+  jax.tree.map(np.testing.assert_array_equal,
+               with_layer_layout(jax.tree.map(np.asarray, scanned), scanned=False),
+               jax.tree.map(np.asarray, state0.params))
+  config.model.scan_layers = False
 
   config.model.size = "micro"
   with pytest.raises(ConfigError, match="--config.model.size=custom.*image_width=64"):

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from rankclip_jax.models.transformer import with_layer_layout
 from rankclip_jax.models.two_towers import SIZES, TowerSizes
 
 HEAD_WIDTH = 64
@@ -156,7 +157,8 @@ def _block_to_torch(block: Mapping[str, Any], prefix: str) -> dict[str, np.ndarr
 
 
 def to_flax(state: Mapping[str, np.ndarray], spec: dict) -> dict:
-  """A CLIP state dict -> our parameter tree (float32 numpy arrays), for the towers of `spec`."""
+  """A CLIP state dict -> our parameter tree (float32 numpy arrays, one entry per layer; see
+  transformer.with_layer_layout for the scanned layout), for the towers of `spec`."""
   state = {k: np.asarray(v, np.float32) for k, v in state.items() if k not in _IGNORED}
   s: TowerSizes = spec["sizes"]
   image = {
@@ -184,8 +186,8 @@ def to_flax(state: Mapping[str, np.ndarray], spec: dict) -> dict:
 
 
 def from_flax(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Our parameter tree -> an open_clip CLIP state dict (float32 numpy arrays)."""
-  params = _to_numpy(params)
+  """Our parameter tree (either layer layout) -> an open_clip CLIP state dict (float32 numpy)."""
+  params = _to_numpy(with_layer_layout(params, scanned=False))
   image, text = params["image"], params["text"]
   if "patch_embed" not in image or "cls" not in image:
     raise ConversionError("Only ViTs with the linear patch stem (model.stem='patch') and a class "

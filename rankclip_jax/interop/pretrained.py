@@ -23,6 +23,7 @@ from rankclip_jax import checkpointing
 from rankclip_jax.config_validation import ConfigError
 from rankclip_jax.interop import open_clip, tensor_files
 from rankclip_jax.models import tower_sizes
+from rankclip_jax.models.transformer import is_scanned, with_layer_layout
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -129,6 +130,8 @@ def _flatten(tree, prefix=()) -> dict[tuple[str, ...], Any]:
 
 
 def fit(loaded, abstract_params, path: str) -> dict[tuple[str, ...], np.ndarray]:
+  # Per-layer or scanned (stacked) blocks, whichever the model being trained uses.
+  loaded = with_layer_layout(loaded, scanned=is_scanned(abstract_params))
   have, want = _flatten(loaded), _flatten(abstract_params)
   out, problems = {}, []
   for key, target in want.items():

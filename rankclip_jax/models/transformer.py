@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -62,9 +63,22 @@ class EncoderBlock(nn.Module):
     return x + y
 
 
-class Encoder(nn.Module):
-  """A stack of `depth` EncoderBlocks named block_0..block_{depth-1}.
+class _ScannedBlock(EncoderBlock):
+  """EncoderBlock with nn.scan's (carry, output) signature."""
 
+  @nn.compact
+  def __call__(self, x, mask: Optional[jax.Array] = None):  # pylint: disable=arguments-renamed
+    return super().__call__(x, mask), None
+
+
+class Encoder(nn.Module):
+  """A stack of `depth` EncoderBlocks.
+
+  scan=False: blocks named block_0..block_{depth-1}, each with its own parameters.
+  scan=True: one block applied with nn.scan over parameters stacked on a leading [depth] axis
+  ("blocks"): the step is traced and compiled once per tower instead of once per layer (compile
+  time independent of depth), with the same numbers. stack_blocks / unstack_blocks convert between
+  the two layouts.
   remat=True recomputes each block's activations in the backward pass (less memory, ~1/3 more
   compute), which is what lets large batches fit.
   """
@@ -75,12 +89,52 @@ class Encoder(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   remat: bool = False
+  scan: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None):
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
+              dtype=self.dtype)
+    if self.scan:
+      block_cls = nn.remat(_ScannedBlock, prevent_cse=False) if self.remat else _ScannedBlock
+      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,), length=self.depth)
+      x, _ = scanned(**kw, name="blocks")(x, mask)
+      return x
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
-                    dtype=self.dtype, name=f"block_{i}")(x, mask)
+      x = block_cls(**kw, name=f"block_{i}")(x, mask)
     return x
+
+
+def stack_blocks(encoder: Mapping[str, Any]) -> dict:
+  """{"block_0": p0, "block_1": p1, ...} -> {"blocks": p stacked on axis 0} (scan layout)."""
+  if "blocks" in encoder:
+    return dict(encoder)
+  depth = len([k for k in encoder if k.startswith("block_")])
+  layers = [encoder[f"block_{i}"] for i in range(depth)]
+  return {"blocks": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)}
+
+
+def unstack_blocks(encoder: Mapping[str, Any]) -> dict:
+  """The inverse of stack_blocks."""
+  if "blocks" not in encoder:
+    return dict(encoder)
+  blocks = encoder["blocks"]
+  depth = jax.tree.leaves(blocks)[0].shape[0]
+  return {f"block_{i}": jax.tree.map(lambda x: np.asarray(x)[i], blocks) for i in range(depth)}
+
+
+def with_layer_layout(params: Mapping[str, Any], scanned: bool) -> dict:
+  """A two-tower parameter tree with both encoders in the scanned or per-layer layout."""
+  convert = stack_blocks if scanned else unstack_blocks
+  out = dict(params)
+  for tower in ("image", "text"):
+    if tower in out and "encoder" in out[tower]:
+      out[tower] = dict(out[tower], encoder=convert(out[tower]["encoder"]))
+  return out
+
+
+def is_scanned(params: Mapping[str, Any]) -> bool:
+  return "blocks" in params.get("image", {}).get("encoder", {})
