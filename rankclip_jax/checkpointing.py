@@ -7,12 +7,15 @@ checkpoint behind: at restore the latest *finished* step is used and leftovers a
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any, Optional
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 STATE, DATA, CONFIG = "state", "data", "config"
@@ -101,10 +104,38 @@ class Checkpointer:
     if step is None:
       return None
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    data_states = self._data_states(step) if data_iterator is not None else None
+    same_processes = data_states is not None and len(data_states) == jax.process_count()
+    if same_processes:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if data_states and not same_processes:
+      state = remap_data_position(data_states, jax.process_index(), jax.process_count())
+      logging.warning(
+          "The data position of step %d was saved by %d processes; this run has %d. Continuing "
+          "from the first example of the global order not yet read by every process (%s for "
+          "process %d); examples some processes had already read may be seen again.",
+          step, len(data_states), jax.process_count(), state, jax.process_index())
+      data_iterator.set_state(state)
     return step, restored[STATE]
+
+  def _data_states(self, step: int) -> Optional[list[dict]]:
+    """The input pipeline's saved state of each process that saved `step` (files
+    data/process_<i>-of-<n>.json), or None when the checkpoint has no data position."""
+    folder = self.directory / str(step) / DATA
+    if not folder.exists():
+      return None
+    found = {}
+    for path in folder.iterdir():
+      m = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", path.name)
+      if m:
+        found[int(m.group(1))] = (int(m.group(2)), json.loads(path.read_text()))
+    if not found:
+      return None
+    count = next(iter(found.values()))[0]
+    if sorted(found) != list(range(count)):
+      raise ValueError(f"{folder}: data positions of processes {sorted(found)} of {count}.")
+    return [found[i][1] for i in range(count)]
 
   def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
     """Only the model parameters of `step` (default: latest), into the shardings carried by
@@ -152,6 +183,28 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def remap_data_position(states: list[dict], process_index: int, process_count: int) -> dict:
+  """The input position of process `process_index` of `process_count` when the checkpoint's
+  positions were saved by len(states) processes.
+
+  Process p of P reads examples p, p + P, p + 2P, ... of the global order (data/pipeline.py), and
+  its state {"next_index": n} counts the examples of its slice it has taken (skipped ones
+  included). Every global example before G = min_p(n_p P + p) has been read; the new processes
+  continue from G: process q of Q at ceil((G - q) / Q). Without skipped examples all n_p are equal
+  and this is exact; otherwise the few examples past G that some processes had read come again.
+  """
+  for state in states:
+    if set(state) != {"next_index"}:
+      raise ValueError(
+          f"The saved input position {state} is not a plain example index (it was saved with "
+          "grain worker processes, config.data.worker_count > 0): it cannot be carried to a "
+          f"different process count ({len(states)} -> {process_count}). Resume with "
+          f"{len(states)} processes.")
+  old = len(states)
+  first_unread = min(int(s["next_index"]) * old + p for p, s in enumerate(states))
+  return {"next_index": max(0, -(-(first_unread - process_index) // process_count))}
 
 
 def abstract_with_shardings(tree, shardings):

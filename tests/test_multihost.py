@@ -59,14 +59,19 @@ def _losses(workdir):
           for e in acc.Tensors("train/loss")}
 
 
-def _final_params(workdir, step):
+def _final_params(workdir, step, data_position=None):
+  """The parameters of `step`, restored in this (single) process together with a training
+  iterator; `data_position`: the input position that iterator must resume at."""
   from rankclip_jax import checkpointing, train
   from test_train import micro_config
   trainer = train.Trainer(micro_config(total_steps=4))
+  it = trainer.train_iterator()
   ck = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=2, keep=3)
-  got, state = ck.restore(trainer.abstract_state_with_shardings(), step=step)
+  got, state = ck.restore(trainer.abstract_state_with_shardings(), it, step=step)
   ck.close()
   assert got == step
+  if data_position is not None:
+    assert it.get_state() == {"next_index": data_position}
   return jax.tree.map(np.asarray, jax.device_get(state.params))
 
 
@@ -89,8 +94,10 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   # The two processes' checkpoint restores in this single process (8 devices), equal to the
   # single-process run's up to float reassociation (rows summed in another order); Adam's
   # normalisation turns gradient round-off of near-zero parameters into ~1e-5 differences.
+  # Its input position carries over too: 2 processes x 32 examples (4 steps of 8 each) -> the
+  # single process continues at example 64 of the global order, where the one-process run is.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               _final_params(two, 4), _final_params(one, 4))
+               _final_params(two, 4, data_position=64), _final_params(one, 4, data_position=64))
   # ...and the single process's checkpoint restores in two processes: evaluating it there gives
   # the numbers that run reported.
   _run_processes([sys.executable, "-m", "rankclip_jax.evaluate", f"--workdir={one}"], n=2,
@@ -123,3 +130,19 @@ def test_sigterm_stops_with_a_checkpoint_and_the_next_start_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-4000:]
   assert f"Resuming at step {step}/60" in resumed.stdout
   assert json.load(open(workdir / "results.json"))["step"] == 60
+
+
+def test_data_position_across_process_counts():
+  """remap_data_position: the first example of the global order not read by every process, split
+  over the new processes (process q of Q reads q, q + Q, ...)."""
+  from rankclip_jax.checkpointing import remap_data_position
+  # 2 -> 1 and 1 -> 2 without skips: exact.
+  assert remap_data_position([{"next_index": 32}] * 2, 0, 1) == {"next_index": 64}
+  assert [remap_data_position([{"next_index": 64}], q, 2) for q in (0, 1)] == [
+      {"next_index": 32}, {"next_index": 32}]
+  # 2 -> 3 with process 1 ahead (process 0 skipped bad examples): global 0..9 read by both
+  # (process 0 read 0, 2, .., 8, process 1 read 1, 3, .., 13), so continue at 10 = 3*3 + 1.
+  states = [{"next_index": 5}, {"next_index": 7}]
+  assert [remap_data_position(states, q, 3)["next_index"] for q in range(3)] == [4, 3, 3]
+  with pytest.raises(ValueError, match="worker processes"):
+    remap_data_position([{"workers_state": {}}], 0, 2)
