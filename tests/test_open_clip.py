@@ -201,7 +201,9 @@ def test_init_from_open_clip_weights_and_from_a_run(micro_run, reference, tmp_pa
   config.model.scan_layers = False
 
   config.model.size = "micro"
-  with pytest.raises(ConfigError, match="--config.model.size=custom.*image_width=64"):
+  config.context_length = 32  # longer than the source's 20
+  with pytest.raises(ConfigError, match="--config.model.size=custom.*image_width=64.*"
+                     "--config.context_length=20"):
     train.Trainer(config).init()
 
   from_run = micro_config(evals={}, **{"model.stem": "patch", "model.pool": "cls"})

@@ -53,8 +53,10 @@ def _overrides(source: dict[str, Any], target_config, source_size: str) -> list[
   return flags
 
 
-def _check(source: dict[str, Any], config, source_size: str, path: str):
+def _check(source: dict[str, Any], config, source_size: str, path: str, source_context: int):
   flags = _overrides(source, config, source_size)
+  if config.context_length > source_context:  # shorter is fine: the first positions are used
+    flags.append(f"--config.context_length={source_context}")
   if flags:
     raise ConfigError(
         f"config.model.init_from={path}: its towers differ from config.model. Add "
@@ -73,7 +75,7 @@ def _from_state_dict(path: str, config) -> dict:
   source = {"image_size": spec["image_size"], "model.act": config.model.act,
             "model.ln_eps": spec["ln_eps"], "model.pool": "cls", "model.stem": "patch"}
   source.update({f"model.custom.{k}": v for k, v in vars(spec["sizes"]).items()})
-  _check(source, config, spec["size"], path)
+  _check(source, config, spec["size"], path, spec["context_length"])
   logging.info("init_from %s: OpenCLIP state dict, %s towers, activation %s (a state dict does "
                "not record it: config.model.act)", path, spec["size"], config.model.act)
   return open_clip.to_flax(state, spec)
@@ -86,7 +88,7 @@ def _from_run(path: str, config, abstract_params) -> dict:
     step = ckpt.resolve_step(step)
     saved = ckpt.saved_config(step)
     source = architecture(saved)
-    _check(source, config, saved.model.size, path)
+    _check(source, config, saved.model.size, path, saved.context_length)
     # Read onto the host; shapes as saved (the context length may differ from ours).
     cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     from rankclip_jax import train  # pylint: disable=g-import-not-at-top
