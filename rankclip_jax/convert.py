@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from rankclip_jax import checkpointing, cli, train
+from rankclip_jax import checkpointing, cli, inference
 from rankclip_jax.config_validation import ConfigError
 from rankclip_jax.errors import USER_ERRORS
 from rankclip_jax.interop import open_clip, tensor_files
@@ -113,24 +113,14 @@ def export_run(run: str, output: str, *, step: Optional[int] = None) -> tuple[st
   open_clip model config (same name, .json). Returns both paths."""
   if not output.endswith(".safetensors"):
     raise ConfigError(f"--output={output}: export writes a .safetensors file.")
-  directory, path_step = checkpointing.resolve_run(run)
-  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
-  try:
-    step = ckpt.resolve_step(path_step if step is None else step)
-    config = ckpt.saved_config(step)
+  def check(config):
     if config.model.stem != "patch" or config.model.pool != "cls":
       raise ConfigError(
           f"{run}: model.stem={config.model.stem!r}, model.pool={config.model.pool!r}; open_clip's "
           "ViT has a linear patch stem and class-token pooling (stem='patch', pool='cls').")
-    from rankclip_jax.models import build_model  # pylint: disable=g-import-not-at-top
-    model = build_model(config.model, context_length=config.context_length,
-                        logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)
-    abstract = jax.eval_shape(lambda k: train.init_params(model, k, config), jax.random.key(0))
-    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    params = ckpt.restore_params(checkpointing.abstract_with_shardings(
-        abstract, jax.tree.map(lambda _: cpu, abstract)), step)
-  finally:
-    ckpt.close()
+
+  config, model, params, step = inference.restore_run(
+      run, step=step, device=jax.local_devices(backend="cpu")[0], check=check)
   model_cfg = open_clip.open_clip_config(
       tower_sizes(config.model), image_size=config.image_size,
       context_length=config.context_length, vocab_size=model.vocab_size, act=config.model.act,

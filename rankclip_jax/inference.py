@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -94,20 +94,22 @@ class LoadedModel:
     return np.concatenate(out) if out else np.zeros((0, self.model.sizes.embed_dim), np.float32)
 
 
-def load(path: str, *, step: Optional[int] = None,
-         device: Optional[jax.Device] = None) -> LoadedModel:
-  """Restores a run (latest checkpoint, or `step`) onto one device (default: the first local one).
+def restore_run(path: str, *, step: Optional[int] = None, device: Optional[jax.Device] = None,
+                check: Optional[Callable[[ml_collections.ConfigDict], None]] = None):
+  """(config, model, params, step) of a run's checkpoint (latest, or `step`): its saved config, the
+  Flax model it describes, and only its parameters, restored onto `device` (default: the first
+  local one), whatever mesh wrote them. `check(config)` runs before any parameter is read.
 
-  path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted from
-  OpenCLIP/OpenAI weights by `python -m rankclip_jax.convert` (the same layout). Only the
-  parameters are read, not the optimizer state.
+  path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted by
+  `python -m rankclip_jax.convert` (the same layout).
   """
   directory, path_step = checkpointing.resolve_run(path)
-  step = path_step if step is None else step
   ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
   try:
-    step = ckpt.resolve_step(step)
+    step = ckpt.resolve_step(path_step if step is None else step)
     config = ckpt.saved_config(step)
+    if check is not None:
+      check(config)
     model = build_model(config.model, context_length=config.context_length,
                         logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)
     abstract = jax.eval_shape(lambda k: train.init_params(model, k, config), jax.random.key(0))
@@ -116,5 +118,17 @@ def load(path: str, *, step: Optional[int] = None,
         abstract, jax.tree.map(lambda _: sharding, abstract)), step)
   finally:
     ckpt.close()
+  return config, model, params, int(step)
+
+
+def load(path: str, *, step: Optional[int] = None,
+         device: Optional[jax.Device] = None) -> LoadedModel:
+  """Restores a run (latest checkpoint, or `step`) onto one device (default: the first local one).
+
+  path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted from
+  OpenCLIP/OpenAI weights by `python -m rankclip_jax.convert` (the same layout). Only the
+  parameters are read, not the optimizer state.
+  """
+  config, model, params, step = restore_run(path, step=step, device=device)
   return LoadedModel(model=model, params=params, config=config,
-                     tokenizer=ClipTokenizer(config.context_length), step=int(step))
+                     tokenizer=ClipTokenizer(config.context_length), step=step)

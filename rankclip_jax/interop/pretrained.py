@@ -19,7 +19,6 @@ import jax
 import numpy as np
 from absl import logging
 
-from rankclip_jax import checkpointing
 from rankclip_jax.config_validation import ConfigError
 from rankclip_jax.interop import open_clip, tensor_files
 from rankclip_jax.models import tower_sizes
@@ -81,27 +80,16 @@ def _from_state_dict(path: str, config) -> dict:
   return open_clip.to_flax(state, spec)
 
 
-def _from_run(path: str, config, abstract_params) -> dict:
-  directory, step = checkpointing.resolve_run(path)
-  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
-  try:
-    step = ckpt.resolve_step(step)
-    saved = ckpt.saved_config(step)
-    source = architecture(saved)
-    _check(source, config, saved.model.size, path, saved.context_length)
-    # Read onto the host; shapes as saved (the context length may differ from ours).
-    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    from rankclip_jax import train  # pylint: disable=g-import-not-at-top
-    from rankclip_jax.models import build_model  # pylint: disable=g-import-not-at-top
-    model = build_model(saved.model, context_length=saved.context_length,
-                        logit_bias=saved.loss.name in train.LOSSES_WITH_BIAS)
-    abstract = jax.eval_shape(lambda k: train.init_params(model, k, saved), jax.random.key(0))
-    params = ckpt.restore_params(checkpointing.abstract_with_shardings(
-        abstract, jax.tree.map(lambda _: cpu, abstract)), step)
-  finally:
-    ckpt.close()
+def _from_run(path: str, config) -> dict:
+  from rankclip_jax import inference  # pylint: disable=g-import-not-at-top
+
+  def check(saved):
+    _check(architecture(saved), config, saved.model.size, path, saved.context_length)
+
+  # Onto the host, with the shapes as saved (the context length may differ from ours).
+  _, _, params, step = inference.restore_run(
+      path, device=jax.local_devices(backend="cpu")[0], check=check)
   logging.info("init_from %s: step %d of that run", path, step)
-  del abstract_params
   return jax.tree.map(np.asarray, params)
 
 
@@ -116,7 +104,7 @@ def load(config, abstract_params) -> dict[tuple[str, ...], np.ndarray]:
                         f"({', '.join(STATE_DICT_SUFFIXES)}); or give a run's workdir.")
     loaded = _from_state_dict(path, config)
   elif os.path.isdir(path):
-    loaded = _from_run(path, config, abstract_params)
+    loaded = _from_run(path, config)
   else:
     raise ConfigError(f"config.model.init_from={path}: no such file or directory.")
   return fit(loaded, abstract_params, path)
