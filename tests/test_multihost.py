@@ -106,30 +106,73 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   assert {k: v for k, v in evaluated.items()} == pytest.approx(r1, abs=1e-4)
 
 
+def _stopped_at(out):
+  stopped = [l for l in out.splitlines() if l.startswith("Stopped by SIGTERM at step ")]
+  assert stopped, out[-4000:]
+  return int(stopped[0].split("step ")[1].split("/")[0])
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+
+
 def test_sigterm_stops_with_a_checkpoint_and_the_next_start_resumes(tmp_path):
+  """One process is sent SIGTERM (its Python handler), resumes as two processes of which only
+  process 1 is sent SIGTERM (JAX's preemption sync point: both must stop at the same step with one
+  checkpoint), and resumes once more as one process to the end."""
   workdir = tmp_path / "run"
-  cmd = _train_cmd(workdir, total_steps=60, extra=["--config.checkpoint.every_steps=1000"])
+  total = 40
+  cmd = _train_cmd(workdir, total_steps=total, extra=["--config.checkpoint.every_steps=1000"])
+
+  # 1. One process, SIGTERM after step 5.
   proc = subprocess.Popen(cmd, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=REPO)
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if line.startswith("step 10/60"):
+    if line.startswith(f"step 5/{total}"):
       proc.send_signal(signal.SIGTERM)
   proc.wait(timeout=300)
   out = "".join(lines)
   assert proc.returncode == 0, out[-4000:]
-  stopped = [l for l in lines if l.startswith("Stopped by SIGTERM at step ")]
-  assert stopped, out[-4000:]
-  step = int(stopped[0].split("step ")[1].split("/")[0])
-  assert 10 <= step < 60
-  assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [step]
+  first = _stopped_at(out)
+  assert 5 <= first < total
+  assert _checkpoint_steps(workdir) == [first]
   assert not (workdir / "results.json").exists()
+
+  # 2. Two processes resume; SIGTERM to process 1 only, three steps later.
+  port = _free_port()
+  log1 = open(tmp_path / "process_1.log", "w+")
+  procs = [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                   f"--process_id={i}"], env=_env(1), text=True, cwd=REPO,
+                            stdout=subprocess.PIPE if i == 0 else log1, stderr=subprocess.STDOUT)
+           for i in range(2)]
+  lines = []
+  for line in procs[0].stdout:
+    lines.append(line)
+    if line.startswith(f"step {first + 3}/{total}"):
+      procs[1].send_signal(signal.SIGTERM)
+  for p in procs:
+    p.wait(timeout=300)
+  out = "".join(lines)
+  log1.seek(0)
+  assert [p.returncode for p in procs] == [0, 0], out[-3000:] + log1.read()[-3000:]
+  assert f"Resuming at step {first}/{total}" in out
+  second = _stopped_at(out)  # printed by process 0, which was not signalled itself
+  assert first + 3 <= second < total
+  assert _checkpoint_steps(workdir) == [first, second]
+  saved = os.listdir(workdir / "checkpoints" / str(second) / "data")
+  assert sorted(f for f in saved if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  assert not (workdir / "results.json").exists()
+
+  # 3. One process again, to the end.
   resumed = subprocess.run(cmd, env=_env(2), capture_output=True, text=True, timeout=300,
                            cwd=REPO)
   assert resumed.returncode == 0, resumed.stderr[-4000:]
-  assert f"Resuming at step {step}/60" in resumed.stdout
-  assert json.load(open(workdir / "results.json"))["step"] == 60
+  assert f"Resuming at step {second}/{total}" in resumed.stdout
+  assert json.load(open(workdir / "results.json"))["step"] == total
+  assert sorted(_losses(workdir)) == list(range(1, total + 1))
 
 
 def test_data_position_across_process_counts():
