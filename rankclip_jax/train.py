@@ -268,14 +268,19 @@ class Trainer:
     return out
 
   def step_flops(self):
-    """FLOPs of one training step (global batch) from XLA's cost analysis, or None. The analysis
-    counts a loop body once, so with scanned layers they are taken from the same step with
-    per-layer blocks (the same computation, traced and lowered but not compiled)."""
-    trainer = self
-    if self.config.model.get("scan_layers", False):
-      config = self.config.copy_and_resolve_references()
-      config.model.scan_layers = False
-      trainer = Trainer(config)
+    """Model FLOPs of one training step (global batch), or None: XLA's cost analysis of this step
+    written the plain way (per-layer blocks, no rematerialisation, one micro-batch, the loss
+    neither sharded nor chunked), traced and lowered but not compiled. The analysis of the step as
+    configured would count a loop body once (scanned layers, GradCache's micro-batch loop, loss
+    chunks), a shard_map body once for all devices, and recomputation as work; MFU counts each
+    multiply-add of the model once."""
+    config = self.config.copy_and_resolve_references()
+    config.model.scan_layers = False
+    config.model.remat = False
+    config.microbatches = 1
+    config.loss.strategy = "plain"
+    config.loss.chunk_size = 0
+    trainer = self if config == self.config else Trainer(config)
     return flops_lib.step_flops(trainer.train_step, trainer.abstract_state_with_shardings(),
                                 trainer.abstract_batch())
 
