@@ -31,16 +31,20 @@ from configs import common
 from rankclip_jax import flops as flops_lib
 from rankclip_jax import train
 from rankclip_jax.data.records import SKIP_KINDS
+from rankclip_jax.models.transformer import REMAT_POLICIES
 from rankclip_jax.models.two_towers import SIZES
 
 
 def make_config(size: str, batch: int, image_size: int, context: int, dtype: str, ranking: bool,
-                remat: bool, peak_tflops: float, scan: bool = False):
+                remat: str, peak_tflops: float, scan: bool = False):
+  """remat: "" (none) or a model.remat_policy name."""
   c = common.base_config()
   c.model.size = size
   c.model.scan_layers = scan
   c.model.dtype = dtype
-  c.model.remat = remat
+  c.model.remat = bool(remat)
+  if remat:
+    c.model.remat_policy = remat
   c.batch_size = batch
   c.image_size = image_size
   c.context_length = context
@@ -64,19 +68,25 @@ def measure(config, steps: int) -> dict:
   batch = trainer.global_batch(local)
   step_flops = trainer.step_flops()
   t0 = time.perf_counter()
-  for _ in range(2):  # compile + warm-up
-    state, metrics = trainer.train_step(state, batch)
+  step = trainer.train_step.lower(state, batch).compile()
+  for _ in range(2):  # warm-up
+    state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = trainer.train_step(state, batch)
+    state, metrics = step(state, batch)
     if jax.devices()[0].platform == "cpu":
       jax.block_until_ready(metrics)  # many un-awaited CPU collectives abort XLA's CPU runtime
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / steps
   out = {"ms_per_step": seconds * 1e3, "examples_per_s": b / seconds,
          "compile_s": compile_s, "loss": float(metrics["loss"])}
+  # XLA's buffer assignment, per device: the activations kept for the backward pass and the
+  # workspace (what rematerialisation trades for compute), on top of the state and the batch.
+  memory = step.memory_analysis()
+  if memory is not None:
+    out["temp_mib"] = memory.temp_size_in_bytes / 2**20
   if step_flops:
     out["tflops"] = step_flops / seconds / 1e12
     peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.model.dtype,
@@ -134,7 +144,9 @@ def main():
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--context", type=int, default=77)
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--remat", nargs="?", const="nothing_saveable", default="",
+                      choices=sorted(REMAT_POLICIES),
+                      help="rematerialise each block; optionally the model.remat_policy")
   parser.add_argument("--scan", action="store_true", help="model.scan_layers (nn.scan blocks)")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--peak_tflops", type=float, default=0.0)
@@ -144,10 +156,10 @@ def main():
   flags.FLAGS.mark_as_parsed()
   dev = jax.devices()[0]
   print(f"{jax.device_count()} x {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
-        f"{args.dtype}, image {args.image_size}, context {args.context}, remat {args.remat}, "
-        f"scanned layers {args.scan}\n")
+        f"{args.dtype}, image {args.image_size}, context {args.context}, "
+        f"remat {args.remat or 'off'}, scanned layers {args.scan}\n")
   print("| model | batch | loss | ms/step | examples/s | examples/s/device | TFLOP/s | MFU |"
-        " RankCLIP/CLIP step time | compile + 2 steps s |\n" + "|---" * 10 + "|")
+        " RankCLIP/CLIP step time | compile + 2 steps s | temp MiB/device |\n" + "|---" * 11 + "|")
   for size in args.sizes:
     for batch in args.batches:
       rows = {}
@@ -159,10 +171,10 @@ def main():
                  if name == "rankclip" else "")
         tflops = f"{r['tflops']:.3g}" if "tflops" in r else "-"
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        temp = f"{r['temp_mib']:.0f}" if "temp_mib" in r else "-"
         print(f"| {size} | {batch} | {name} | {r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
               f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} | "
-              f"{r['compile_s']:.1f} |",
-              flush=True)
+              f"{r['compile_s']:.1f} | {temp} |", flush=True)
       if args.open_clip_python:
         import os  # pylint: disable=g-import-not-at-top
         threads = args.torch_threads or os.cpu_count()
@@ -171,7 +183,7 @@ def main():
         ours = rows["clip"]["examples_per_s"]
         print(f"| {size} | {batch} | open_clip CLIP (PyTorch, {threads} threads) | "
               f"{batch / torch_rate * 1e3:.1f} | {torch_rate:.0f} | - | - | - | ours/open_clip "
-              f"examples/s: {ours / torch_rate:.2f} | - |", flush=True)
+              f"examples/s: {ours / torch_rate:.2f} | - | - |", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init_from = ""
   c.model.pool = "cls"  # cls | gap
   c.model.stem = "patch"  # patch (CLIP's linear patchify) | conv (3x3 stride-2 convolutions)
+  # Recompute each transformer block's activations in the backward pass (memory for compute);
+  # remat_policy says what is kept: nothing_saveable (the block input only),
+  # dots_with_no_batch_dims_saveable (also the projection/MLP matmul outputs), dots_saveable (every
+  # matmul output). models/transformer.py REMAT_POLICIES; benchmarks in docs/benchmarks.md.
   c.model.remat = False
+  c.model.remat_policy = "nothing_saveable"
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False

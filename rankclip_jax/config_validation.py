@@ -7,6 +7,7 @@ import jax
 from rankclip_jax.data import tfds_eval
 from rankclip_jax.data.pipeline import PAIR_KINDS, SOURCE_KINDS
 from rankclip_jax.evaluation.evaluators import EVAL_KINDS
+from rankclip_jax.models.transformer import REMAT_POLICIES
 from rankclip_jax.models.two_towers import tower_sizes
 
 LOSSES = ("rankclip", "cyclip", "siglip", "pcclip")
@@ -46,6 +47,9 @@ def validate_config(config, *, num_devices: int | None = None,
   _require(c.image_size % patch == 0,
            f"config.image_size={c.image_size} must be a multiple of the patch size {patch} of "
            f"model size {c.model.size!r}.")
+  _require(c.model.remat_policy in REMAT_POLICIES,
+           f"config.model.remat_policy={c.model.remat_policy!r}; choose one of "
+           f"{sorted(REMAT_POLICIES)}.")
   _require(c.model.init_scale > 0, f"config.model.init_scale={c.model.init_scale} must be > 0.")
   _require(c.context_length >= 3, f"config.context_length={c.context_length} must be >= 3.")
   _require(c.loss.name in LOSSES, f"config.loss.name={c.loss.name!r}; choose one of {LOSSES}.")

@@ -47,7 +47,7 @@ def test_train_bench_runs_rankclip_and_clip_steps():
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.train_bench", "--sizes", "micro", "--batches", "8",
        "--image_size", "32", "--context", "16", "--steps", "1", "--dtype", "float32",
-       "--peak_tflops", "1", "--scan"],
+       "--peak_tflops", "1", "--scan", "--remat", "dots_with_no_batch_dims_saveable"],
       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
       text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,3 +57,4 @@ def test_train_bench_runs_rankclip_and_clip_steps():
     assert float(r[4]) > 0 and float(r[7]) > 0 and r[8].strip().endswith("%")
   assert float(rows[1][9]) > 0  # the RankCLIP / CLIP step-time ratio
   assert "scanned layers True" in proc.stdout and float(rows[0][10]) > 0  # compile time
+  assert "remat dots_with_no_batch_dims_saveable" in proc.stdout and float(rows[0][11]) > 0

@@ -77,6 +77,7 @@ def test_typo_fails_main_before_any_work(tmp_path):
     ("loss.chunk_size", 3, "config.loss.chunk_size=3 must be 0 .* divide the 8 rows"),
     ("microbatches", 3, "config.microbatches=3"),
     ("model.init_scale", 0.0, "config.model.init_scale"),
+    ("model.remat_policy", "dots", "config.model.remat_policy='dots'; choose one of"),
 ])
 def test_bad_values_are_rejected_with_the_field_named(field, value, match):
   c = parse(["--config=configs/rankclip_synthetic.py"])

@@ -99,7 +99,62 @@ def test_conv_stem_gives_the_same_token_grid_and_output():
     bad.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)))
 
 
-def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, remat=True):
+def _pair_loss(model, params):
+  """A scalar that depends on every output of both towers, unevenly."""
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  txt = tokens([[SOT_ID, 320, EOT_ID], [SOT_ID, 736, 7117, EOT_ID]])
+  i, t, s = model.apply({"params": params}, images, txt)
+  return jnp.sum(jnp.exp(s) * i @ t.T * jnp.arange(4.0).reshape(2, 2))
+
+
+def _remat_policies(jaxpr):
+  """The policies of every rematerialised (jax.checkpoint) region in a jaxpr, nested ones too."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if "policy" in eqn.params:
+      found.append(eqn.params["policy"])
+    for value in eqn.params.values():
+      sub = getattr(value, "jaxpr", value)
+      if hasattr(sub, "eqns"):
+        found += _remat_policies(sub)
+  return found
+
+
+@pytest.fixture(scope="module")
+def micro_pair_grads(micro):
+  """_pair_loss of the micro model and its gradients (the reference of the remat and scan tests)."""
+  model, params = micro
+  return jax.value_and_grad(_pair_loss, argnums=1)(model, params)
+
+
+def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads):
+  """model.remat_policy: every block is rematerialised with the named jax.checkpoint_policies
+  policy, per layer and inside the scan; the value and gradients are those without remat (scanned,
+  with the default policy: test_scanned_layers_compute_what_the_per_layer_stack_computes)."""
+  from rankclip_jax.models.transformer import REMAT_POLICIES, with_layer_layout
+  model, params = micro
+  stacked = with_layer_layout(params, scanned=True)
+  want, want_g = micro_pair_grads
+  assert not _remat_policies(jax.make_jaxpr(lambda p: _pair_loss(model, p))(params).jaxpr)
+  for name, policy in REMAT_POLICIES.items():
+    for scan, p in ((False, params), (True, stacked)):
+      remat = TwoTowers(SIZES["micro"], context_length=8, scan=scan, remat=True, remat_policy=name)
+      used = _remat_policies(jax.make_jaxpr(lambda q, m=remat: _pair_loss(m, q))(p).jaxpr)
+      # One region per block (2 + 2 layers), or one per tower's scan body.
+      assert len(used) == (2 if scan else 4) and all(u is policy for u in used), (name, used)
+  # The numbers, for the policy between the extremes (JAX's remat is exact whatever it keeps).
+  remat = TwoTowers(SIZES["micro"], context_length=8, remat=True,
+                    remat_policy="dots_with_no_batch_dims_saveable")
+  got, got_g = jax.value_and_grad(_pair_loss, argnums=1)(remat, params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  with pytest.raises(ValueError, match="rematerialisation policy 'dots'"):
+    TwoTowers(SIZES["micro"], context_length=8, remat=True, remat_policy="dots").init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 8), jnp.int32))
+
+
+def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, micro_pair_grads,
+                                                                   remat=True):
   """model.scan_layers (here with remat inside the scan; scan alone trains in
   test_train.py::test_fsdp_and_data_parallel_give_the_same_loss): the same parameters stacked on a
   [depth] axis give the same outputs and gradients; the layouts convert into each other exactly."""
@@ -116,15 +171,8 @@ def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, remat=T
   jax.tree.map(np.testing.assert_array_equal, with_layer_layout(stacked, scanned=False),
                jax.tree.map(np.asarray, params))
 
-  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  txt = tokens([[SOT_ID, 320, EOT_ID], [SOT_ID, 736, 7117, EOT_ID]])
-
-  def loss(m, p):
-    i, t, s = m.apply({"params": p}, images, txt)
-    return jnp.sum(jnp.exp(s) * i @ t.T * jnp.arange(4.0).reshape(2, 2))
-
-  want, want_g = jax.value_and_grad(loss, argnums=1)(model, params)
-  got, got_g = jax.value_and_grad(loss, argnums=1)(scanned_model, stacked)
+  want, want_g = micro_pair_grads
+  got, got_g = jax.value_and_grad(_pair_loss, argnums=1)(scanned_model, stacked)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # Float reassociation only (gradients here are O(1)-O(10)).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),

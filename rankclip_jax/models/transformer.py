@@ -24,6 +24,27 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+# Which intermediates of a block the backward pass keeps when model.remat is on (the rest are
+# recomputed): names of jax.checkpoint_policies.
+REMAT_POLICIES: dict[str, Callable[..., bool]] = {
+    # Only each block's input: the least memory, the whole block's forward recomputed.
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    # Also the outputs of matrix multiplies without batch dimensions (the projections and MLP
+    # layers, not attention's batched QK^T and AV): no projection recomputed, attention and
+    # elementwise ops are.
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Every matrix-multiply output, attention's included: only elementwise work is recomputed.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def get_remat_policy(name: str):
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"Unknown rematerialisation policy {name!r}; choose one of "
+                     f"{sorted(REMAT_POLICIES)}.")
+  return REMAT_POLICIES[name]
+
+
 def get_activation(name: str):
   if name not in ACTIVATIONS:
     raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
@@ -79,8 +100,9 @@ class Encoder(nn.Module):
   ("blocks"): the step is traced and compiled once per tower instead of once per layer (compile
   time independent of depth), with the same numbers. stack_blocks / unstack_blocks convert between
   the two layouts.
-  remat=True recomputes each block's activations in the backward pass (less memory, ~1/3 more
-  compute), which is what lets large batches fit.
+  remat=True recomputes each block's activations in the backward pass (less memory, up to ~1/3
+  more compute), which is what lets large batches fit; remat_policy (REMAT_POLICIES) says which
+  intermediates are kept rather than recomputed.
   """
 
   depth: int
@@ -89,6 +111,7 @@ class Encoder(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
   scan: bool = False
   dtype: Dtype = jnp.float32
 
@@ -96,13 +119,15 @@ class Encoder(nn.Module):
   def __call__(self, x, mask: Optional[jax.Array] = None):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
               dtype=self.dtype)
+    policy = get_remat_policy(self.remat_policy)
     if self.scan:
-      block_cls = nn.remat(_ScannedBlock, prevent_cse=False) if self.remat else _ScannedBlock
+      block_cls = (nn.remat(_ScannedBlock, prevent_cse=False, policy=policy) if self.remat
+                   else _ScannedBlock)
       scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,), length=self.depth)
       x, _ = scanned(**kw, name="blocks")(x, mask)
       return x
-    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    block_cls = nn.remat(EncoderBlock, policy=policy) if self.remat else EncoderBlock
     for i in range(self.depth):
       x = block_cls(**kw, name=f"block_{i}")(x, mask)
     return x

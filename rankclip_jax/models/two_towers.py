@@ -69,6 +69,7 @@ class TwoTowers(nn.Module):
   pool: str = "cls"
   stem: str = "patch"
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
   scan: bool = False
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
@@ -82,11 +83,13 @@ class TwoTowers(nn.Module):
     self.image = VisionTransformer(
         patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
         num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
-        ln_eps=self.ln_eps, remat=self.remat, scan=self.scan, dtype=self.dtype)
+        ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
+        dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
-        act=self.act, ln_eps=self.ln_eps, remat=self.remat, scan=self.scan, dtype=self.dtype)
+        act=self.act, ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
+        dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -127,7 +130,7 @@ def tower_sizes(model_config) -> TowerSizes:
 
 def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
   """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
-  scan_layers, dtype, init_scale, init_bias). `logit_bias`: give the model a learnable logit bias
+  remat_policy, scan_layers, dtype, init_scale, init_bias). `logit_bias`: give the model a learnable logit bias
   initialised at init_bias (the trainer asks for it when the loss has one: SigLIP)."""
   sizes = tower_sizes(model_config)
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -137,6 +140,7 @@ def build_model(model_config, *, context_length: int, logit_bias: bool = False) 
       sizes=sizes, context_length=context_length, act=model_config.act,
       ln_eps=float(model_config.get("ln_eps", 1e-6)),
       pool=model_config.pool, stem=model_config.stem, remat=model_config.remat,
+      remat_policy=model_config.get("remat_policy", "nothing_saveable"),
       scan=bool(model_config.get("scan_layers", False)),
       dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
       logit_bias_init=float(model_config.init_bias) if logit_bias else None)
