@@ -148,6 +148,8 @@ def main():
                       choices=sorted(REMAT_POLICIES),
                       help="rematerialise each block; optionally the model.remat_policy")
   parser.add_argument("--scan", action="store_true", help="model.scan_layers (nn.scan blocks)")
+  parser.add_argument("--losses", nargs="+", default=["clip", "rankclip"],
+                      choices=["clip", "rankclip"])
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--peak_tflops", type=float, default=0.0)
   parser.add_argument("--open_clip_python", default="")
@@ -164,18 +166,20 @@ def main():
     for batch in args.batches:
       rows = {}
       for name, ranking in (("clip", False), ("rankclip", True)):
+        if name not in args.losses:
+          continue
         cfg = make_config(size, batch, args.image_size, args.context, args.dtype, ranking,
                           args.remat, args.peak_tflops, args.scan)
         rows[name] = r = measure(cfg, args.steps)
         ratio = (f"{r['ms_per_step'] / rows['clip']['ms_per_step']:.3f}"
-                 if name == "rankclip" else "")
+                 if name == "rankclip" and "clip" in rows else "")
         tflops = f"{r['tflops']:.3g}" if "tflops" in r else "-"
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         temp = f"{r['temp_mib']:.0f}" if "temp_mib" in r else "-"
         print(f"| {size} | {batch} | {name} | {r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} | "
               f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} | "
               f"{r['compile_s']:.1f} | {temp} |", flush=True)
-      if args.open_clip_python:
+      if args.open_clip_python and "clip" in rows:
         import os  # pylint: disable=g-import-not-at-top
         threads = args.torch_threads or os.cpu_count()
         torch_rate = open_clip_examples_per_s(args.open_clip_python, size, batch,
