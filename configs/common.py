@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Recompute each transformer block's activations in the backward pass (memory for compute);
   # remat_policy says what is kept: nothing_saveable (the block input only),
   # dots_with_no_batch_dims_saveable (also the projection/MLP matmul outputs), dots_saveable (every
-  # matmul output). models/transformer.py REMAT_POLICIES; benchmarks in docs/benchmarks.md.
+  # matmul output). models/transformer.py REMAT_POLICIES. Pair it with scan_layers=True: on CPU
+  # XLA realises the saving only for scanned blocks (docs/benchmarks.md).
   c.model.remat = False
   c.model.remat_policy = "nothing_saveable"
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
