@@ -16,17 +16,17 @@ from rankclip_jax.errors import USER_ERRORS
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with "
     "--config.<field>=<value>.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = cli.workdir_flag("Directory for checkpoints, metrics and results.")
 
 
 def main(argv):
   cli.start(argv)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR())
   except USER_ERRORS as e:
     raise SystemExit(f"Error: {e}") from None
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -4,6 +4,7 @@ google/rax's ListMLE on the same four ranking matrices, on whatever devices are 
   python -m benchmarks.loss_bench                       # CI-sized: N = 256 .. 1024 on CPU
   python -m benchmarks.loss_bench --sizes 1024 4096 8192 16384 32768 --chunk 512   # an accelerator
   python -m benchmarks.loss_bench --sizes 8192 --model_step B/32   # + one ViT-B/32 training step
+  python -m benchmarks.loss_bench --sizes 32768 --chunk 512 --compile_only   # memory, no run
 
 Each row: a loss at batch N with D-dim random unit embeddings, timed as the median of --repeats
 calls of a jitted value_and_grad w.r.t. both embeddings and the scale (after a compile call), and
@@ -11,6 +12,8 @@ XLA's compiled scratch memory for it (`memory_analysis().temp_size_in_bytes`: wh
 beyond its inputs and outputs). "sharded" runs inside shard_map over all local devices (each its
 N/P rows); "chunked" processes --chunk rows at a time, rematerialised. A configuration that does
 not fit prints OOM and the sweep goes on. The last column is time relative to CLIP at the same N.
+--compile_only compiles each configuration for abstract inputs and prints its scratch memory
+without running it: what a batch would need, on a machine too slow or too small to run it.
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ def make_loss(kind: str, *, chunk: int | None, mesh=None):
   axes = mesh.axis_names[0]
   return jax.shard_map(functools.partial(fn, axis_name=axes), mesh=mesh,
                        in_specs=(P(axes), P(axes), P()), out_specs=P())
+
+
+def scratch_bytes(loss_fn, n, d):
+  """XLA's scratch memory for jitted value_and_grad of loss_fn at batch n, compiled, not run."""
+  emb = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))
+  mem = step.lower(emb, emb, jax.ShapeDtypeStruct((), jnp.float32)).compile().memory_analysis()
+  return None if mem is None else mem.temp_size_in_bytes
 
 
 def measure(loss_fn, n, d, repeats):
@@ -135,6 +146,8 @@ def main():
   parser.add_argument("--model_step", default="", help="also time a training step of this model "
                       "size (e.g. B/32) at each N, and report ranking terms / step")
   parser.add_argument("--model_dtype", default="bfloat16")
+  parser.add_argument("--compile_only", action="store_true",
+                      help="print each configuration's scratch memory without running it")
   args = parser.parse_args()
 
   devices = jax.devices()
@@ -158,6 +171,11 @@ def main():
     for name, kind, chunk, m in variants:
       if chunk is not None and (n // (len(devices) if m is not None else 1)) % chunk:
         continue
+      if args.compile_only:
+        scratch = scratch_bytes(make_loss(kind, chunk=chunk, mesh=m), n, args.dim)
+        mib = f"{scratch / 2**20:.1f}" if scratch is not None else "n/a"
+        print(f"| {n} | {name} | not run | {mib} | |", flush=True)
+        continue
       seconds, scratch = measure(make_loss(kind, chunk=chunk, mesh=m), n, args.dim, args.repeats)
       if seconds is None:
         print(f"| {n} | {name} | OOM | | |")
@@ -167,7 +185,7 @@ def main():
       ratio = f"{seconds / clip_time:.2f}" if clip_time else ""
       mib = f"{scratch / 2**20:.1f}" if scratch is not None else "n/a"
       print(f"| {n} | {name} | {seconds * 1e3:.2f} | {mib} | {ratio} |", flush=True)
-    if args.model_step:
+    if args.model_step and not args.compile_only:
       step = model_step_seconds(args.model_step, n, args.repeats, args.model_dtype)
       terms, _ = measure(make_loss("rankclip", chunk=None, mesh=None), n, args.dim, args.repeats)
       clip_only, _ = measure(make_loss("clip", chunk=None, mesh=None), n, args.dim, args.repeats)

@@ -81,7 +81,7 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
 
 
 _STEP = cli.step_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (as given to main.py).")
+_WORKDIR = cli.workdir_flag("The run's directory (as given to main.py).")
 _EVALS = config_flags.DEFINE_config_file(
     "evals", None, "Optional config file whose `evals` replace the run's own "
     "(override fields with --evals.evals.<name>.<field>=...).", lock_config=True)
@@ -94,12 +94,12 @@ def main(argv):
   cli.start(argv)
   evals = _EVALS.value.evals if _EVALS.value is not None else None
   try:
-    step, metrics = evaluate_run(_WORKDIR.value, step=_STEP(), evals=evals,
+    step, metrics = evaluate_run(_WORKDIR(), step=_STEP(), evals=evals,
                                  eval_data_dir=_EVAL_DATA_DIR.value)
   except USER_ERRORS + (FileNotFoundError,) as e:
     raise SystemExit(f"Error: {e}") from None
   if jax.process_index() == 0:
-    print(f"Evaluation of {os.path.abspath(_WORKDIR.value)} at step {step}:\n"
+    print(f"Evaluation of {os.path.abspath(_WORKDIR())} at step {step}:\n"
           f"{train.results_table(metrics)}", flush=True)
 
 

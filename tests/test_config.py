@@ -1,5 +1,6 @@
 """Configs: every experiment file parses, overrides work, typos fail before any work."""
 
+import os
 import subprocess
 import sys
 
@@ -63,6 +64,20 @@ def test_typo_fails_main_before_any_work(tmp_path):
   assert proc.returncode != 0
   assert "totl_steps" in proc.stderr
   assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_entry_points_import_together():
+  """main, evaluate and convert share --workdir and --step (absl flags are global to a process:
+  a notebook or a script may import all three)."""
+  proc = subprocess.run(
+      [sys.executable, "-c", "import main, rankclip_jax.evaluate, rankclip_jax.convert\n"
+       "from absl import flags\n"
+       "flags.FLAGS(['prog', '--workdir=runs/x', '--step=3'])\n"
+       "print(flags.FLAGS.workdir, flags.FLAGS.step, rankclip_jax.evaluate._WORKDIR())"],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["runs/x", "3", "runs/x"]
 
 
 @pytest.mark.parametrize("field,value,match", [
