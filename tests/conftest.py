@@ -37,14 +37,24 @@ MICRO_RUN_STEPS = 40
 
 
 @pytest.fixture(scope="session")
-def micro_run(tmp_path_factory):
+def micro_run(tmp_path_factory, worker_id):
   """One real trained micro run in CLIP's layout (linear patch stem, class token, quick_gelu), shared
-  by the tests that need a trained checkpoint (notebook, OpenCLIP export, PC-CLIP fine-tuning)."""
+  by the tests that need a trained checkpoint (notebook, OpenCLIP export, PC-CLIP fine-tuning).
+  Built once per test session: with pytest-xdist the first worker to need it trains it under a file
+  lock in the directory all workers share, the other waits and reuses it. Tests only read it (the
+  PC-CLIP test also writes its evaluation of it under eval/)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
   from tests.test_train import micro_config  # pylint: disable=g-import-not-at-top
   from rankclip_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("micro_run"))
-  config = micro_config(total_steps=MICRO_RUN_STEPS, evals={}, **{
-      "model.stem": "patch", "model.pool": "cls", "model.act": "quick_gelu",
-      "checkpoint.every_steps": 20, "log_every_steps": 20})
-  train.train_and_evaluate(config, workdir)
-  return workdir
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # the session's directory, above each worker's own
+  workdir = root / "micro_run"
+  with open(root / "micro_run.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "results.json").exists():
+      config = micro_config(total_steps=MICRO_RUN_STEPS, evals={}, **{
+          "model.stem": "patch", "model.pool": "cls", "model.act": "quick_gelu",
+          "checkpoint.every_steps": 20, "log_every_steps": 20})
+      train.train_and_evaluate(config, str(workdir))
+  return str(workdir)

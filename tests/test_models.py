@@ -15,8 +15,8 @@ from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale
 @pytest.fixture(scope="module")
 def micro():
   model = TwoTowers(SIZES["micro"], context_length=8)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                      jnp.zeros((1, 8), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                               jnp.zeros((1, 8), jnp.int32))["params"]
   return model, params
 
 
@@ -107,6 +107,10 @@ def _pair_loss(model, params):
   return jnp.sum(jnp.exp(s) * i @ t.T * jnp.arange(4.0).reshape(2, 2))
 
 
+# Jitted: op-by-op (eager) differentiation of the towers takes 3x longer on first use.
+_pair_grads = jax.jit(jax.value_and_grad(_pair_loss, argnums=1), static_argnums=0)
+
+
 def _remat_policies(jaxpr):
   """The policies of every rematerialised (jax.checkpoint) region in a jaxpr, nested ones too."""
   found = []
@@ -124,7 +128,7 @@ def _remat_policies(jaxpr):
 def micro_pair_grads(micro):
   """_pair_loss of the micro model and its gradients (the reference of the remat and scan tests)."""
   model, params = micro
-  return jax.value_and_grad(_pair_loss, argnums=1)(model, params)
+  return _pair_grads(model, params)
 
 
 def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads):
@@ -145,7 +149,7 @@ def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads
   # The numbers, for the policy between the extremes (JAX's remat is exact whatever it keeps).
   remat = TwoTowers(SIZES["micro"], context_length=8, remat=True,
                     remat_policy="dots_with_no_batch_dims_saveable")
-  got, got_g = jax.value_and_grad(_pair_loss, argnums=1)(remat, params)
+  got, got_g = _pair_grads(remat, params)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
   with pytest.raises(ValueError, match="rematerialisation policy 'dots'"):
@@ -172,7 +176,7 @@ def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, micro_p
                jax.tree.map(np.asarray, params))
 
   want, want_g = micro_pair_grads
-  got, got_g = jax.value_and_grad(_pair_loss, argnums=1)(scanned_model, stacked)
+  got, got_g = _pair_grads(scanned_model, stacked)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # Float reassociation only (gradients here are O(1)-O(10)).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),

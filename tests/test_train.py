@@ -113,11 +113,12 @@ def test_fsdp_and_data_parallel_give_the_same_loss():
   np.testing.assert_allclose(losses["dp"], losses["fsdp_scanned"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("loss_name", ["rankclip", "cyclip", "siglip"])
+@pytest.mark.parametrize("loss_name", ["rankclip", "siglip"])
 def test_loss_strategies_and_gradcache_give_the_full_batch_gradient(loss_name):
   # The same params and batch through the real model on the 8-device mesh: sharded loss (default),
   # plain loss, sharded + chunked, and GradCache with 4 micro-batches (+ chunking) must all give
-  # the plain full-batch loss and gradient.
+  # the plain full-batch loss and gradient. SigLIP for its logit bias; CyCLIP's strategies are
+  # tested on the loss (test_loss_strategies.py) and GradCache does not depend on the loss.
   over = {"loss.name": loss_name, "batch_size": 32, "loss.weight_schedule": "constant"}
   if loss_name == "siglip":
     over.update({"loss.cross_weight": 0.0, "loss.inmodal_weight": 0.0})
