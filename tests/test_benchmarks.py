@@ -29,7 +29,7 @@ def test_loss_bench_runs_on_cpu_with_every_strategy():
 
 
 def test_loss_bench_compile_only_gives_the_scratch_of_the_run():
-  """--compile_only (abstract inputs, nothing run) reports the scratch memory a real run compiles to."""
+  """--compile_only (abstract inputs, nothing run) reports the scratch a real run compiles to."""
   from benchmarks import loss_bench
   for chunk in (None, 16):
     loss_fn = loss_bench.make_loss("rankclip", chunk=chunk, mesh=None)

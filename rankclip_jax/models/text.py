@@ -48,8 +48,8 @@ class TextTransformer(nn.Module):
     x = x + pos[:length].astype(self.dtype)
     mask = nn.make_causal_mask(tokens)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
-                ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
-                dtype=self.dtype, name="encoder")(x, mask)
+                ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
+                scan=self.scan, dtype=self.dtype, name="encoder")(x, mask)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
     # none (hand-made input) falls back to the last position.

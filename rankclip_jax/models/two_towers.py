@@ -88,8 +88,8 @@ class TwoTowers(nn.Module):
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
-        act=self.act, ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
-        dtype=self.dtype)
+        act=self.act, ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
+        scan=self.scan, dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -130,8 +130,9 @@ def tower_sizes(model_config) -> TowerSizes:
 
 def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
   """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
-  remat_policy, scan_layers, dtype, init_scale, init_bias). `logit_bias`: give the model a learnable logit bias
-  initialised at init_bias (the trainer asks for it when the loss has one: SigLIP)."""
+  remat_policy, scan_layers, dtype, init_scale, init_bias). `logit_bias`: give the model a
+  learnable logit bias initialised at init_bias (the trainer asks for it when the loss has one:
+  SigLIP)."""
   sizes = tower_sizes(model_config)
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if model_config.dtype not in dtypes:

@@ -60,8 +60,8 @@ class VisionTransformer(nn.Module):
     x = x + pos.astype(x.dtype)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_pre")(x)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
-                ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
-                dtype=self.dtype, name="encoder")(x)
+                ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
+                scan=self.scan, dtype=self.dtype, name="encoder")(x)
     pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_post")(pooled)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)
