@@ -70,12 +70,14 @@ def make_loss(kind: str, *, chunk: int | None, mesh=None):
                        in_specs=(P(axes), P(axes), P()), out_specs=P())
 
 
-def scratch_bytes(loss_fn, n, d):
-  """XLA's scratch memory for jitted value_and_grad of loss_fn at batch n, compiled, not run."""
+def compile_step(loss_fn, n, d):
+  """jitted value_and_grad of loss_fn w.r.t. (image, text, scale), compiled for batch n (abstract
+  inputs, nothing run), and XLA's scratch bytes for it (None if the backend does not say)."""
   emb = jax.ShapeDtypeStruct((n, d), jnp.float32)
   step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))
-  mem = step.lower(emb, emb, jax.ShapeDtypeStruct((), jnp.float32)).compile().memory_analysis()
-  return None if mem is None else mem.temp_size_in_bytes
+  compiled = step.lower(emb, emb, jax.ShapeDtypeStruct((), jnp.float32)).compile()
+  mem = compiled.memory_analysis()
+  return compiled, None if mem is None else mem.temp_size_in_bytes
 
 
 def measure(loss_fn, n, d, repeats):
@@ -83,11 +85,8 @@ def measure(loss_fn, n, d, repeats):
   key_i, key_t = jax.random.split(jax.random.key(0))
   img, txt = unit_rows(key_i, n, d), unit_rows(key_t, n, d)
   scale = jnp.float32(SCALE)
-  step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))
   try:
-    compiled = step.lower(img, txt, scale).compile()
-    mem = compiled.memory_analysis()
-    scratch = None if mem is None else mem.temp_size_in_bytes
+    compiled, scratch = compile_step(loss_fn, n, d)
     jax.block_until_ready(compiled(img, txt, scale))
     times = []
     for _ in range(repeats):
@@ -172,7 +171,7 @@ def main():
       if chunk is not None and (n // (len(devices) if m is not None else 1)) % chunk:
         continue
       if args.compile_only:
-        scratch = scratch_bytes(make_loss(kind, chunk=chunk, mesh=m), n, args.dim)
+        _, scratch = compile_step(make_loss(kind, chunk=chunk, mesh=m), n, args.dim)
         mib = f"{scratch / 2**20:.1f}" if scratch is not None else "n/a"
         print(f"| {n} | {name} | not run | {mib} | |", flush=True)
         continue

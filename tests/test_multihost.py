@@ -37,13 +37,20 @@ def _env(devices):
               JAX_PLATFORMS="cpu")
 
 
+def _start_processes(cmd, n, devices_each, stdouts=None):
+  """Starts `cmd` as n JAX processes joined through a localhost coordinator; process i's output
+  (stdout and stderr) goes to stdouts[i] (default: a pipe)."""
+  port = _free_port()
+  stdouts = stdouts or [subprocess.PIPE] * n
+  return [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}",
+                                  f"--num_processes={n}", f"--process_id={i}"],
+                           env=_env(devices_each), stdout=stdouts[i], stderr=subprocess.STDOUT,
+                           text=True, cwd=REPO) for i in range(n)]
+
+
 def _run_processes(cmd, n, devices_each, timeout=400):
   """Runs `cmd` as n JAX processes joined through a localhost coordinator; returns their output."""
-  port = _free_port()
-  procs = [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}",
-                                   f"--num_processes={n}", f"--process_id={i}"],
-                            env=_env(devices_each), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO) for i in range(n)]
+  procs = _start_processes(cmd, n, devices_each)
   outs = [p.communicate(timeout=timeout)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]
@@ -141,12 +148,8 @@ def test_sigterm_stops_with_a_checkpoint_and_the_next_start_resumes(tmp_path):
   assert not (workdir / "results.json").exists()
 
   # 2. Two processes resume; SIGTERM to process 1 only, three steps later.
-  port = _free_port()
   log1 = open(tmp_path / "process_1.log", "w+")
-  procs = [subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                   f"--process_id={i}"], env=_env(1), text=True, cwd=REPO,
-                            stdout=subprocess.PIPE if i == 0 else log1, stderr=subprocess.STDOUT)
-           for i in range(2)]
+  procs = _start_processes(cmd, n=2, devices_each=1, stdouts=[subprocess.PIPE, log1])
   lines = []
   for line in procs[0].stdout:
     lines.append(line)
