@@ -49,25 +49,48 @@ def pytest_collection_modifyitems(session, config, items):  # pylint: disable=un
 MICRO_RUN_STEPS = 40
 
 
+def _build_once(tmp_path_factory, worker_id, name, build):
+  """<session dir>/<name>, built by `build(workdir)` once per test session: with pytest-xdist the
+  first worker to need it builds it under a file lock in the directory all workers share, the
+  others wait and reuse it (a finished build leaves <name>/results.json)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # the session's directory, above each worker's own
+  workdir = root / name
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (workdir / "results.json").exists():
+      build(workdir)
+  return str(workdir)
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory, worker_id):
   """One real trained micro run in CLIP's layout (linear patch stem, class token, quick_gelu), shared
   by the tests that need a trained checkpoint (notebook, OpenCLIP export, PC-CLIP fine-tuning).
-  Built once per test session: with pytest-xdist the first worker to need it trains it under a file
-  lock in the directory all workers share, the other waits and reuses it. Tests only read it (the
-  PC-CLIP test also writes its evaluation of it under eval/)."""
-  import fcntl  # pylint: disable=g-import-not-at-top
+  Tests only read it (the PC-CLIP test also writes its evaluation of it under eval/)."""
   from tests.test_train import micro_config  # pylint: disable=g-import-not-at-top
   from rankclip_jax import train  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.getbasetemp()
-  if worker_id != "master":
-    root = root.parent  # the session's directory, above each worker's own
-  workdir = root / "micro_run"
-  with open(root / "micro_run.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not (workdir / "results.json").exists():
-      config = micro_config(total_steps=MICRO_RUN_STEPS, evals={}, **{
-          "model.stem": "patch", "model.pool": "cls", "model.act": "quick_gelu",
-          "checkpoint.every_steps": 20, "log_every_steps": 20})
-      train.train_and_evaluate(config, str(workdir))
-  return str(workdir)
+
+  def build(workdir):
+    config = micro_config(total_steps=MICRO_RUN_STEPS, evals={}, **{
+        "model.stem": "patch", "model.pool": "cls", "model.act": "quick_gelu",
+        "checkpoint.every_steps": 20, "log_every_steps": 20})
+    train.train_and_evaluate(config, str(workdir))
+  return _build_once(tmp_path_factory, worker_id, "micro_run", build)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory, worker_id):
+  """tests/cli_runs.py's recipe trained from start to end by one `main.py` process on 2 CPU
+  devices, never stopped: what every interrupted-and-resumed run of that recipe (SIGKILL, a kill
+  during an asynchronous save, SIGTERM across process counts) must reproduce."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from tests import cli_runs  # pylint: disable=g-import-not-at-top
+
+  def build(workdir):
+    out = subprocess.run(cli_runs.train_cmd(workdir), env=cli_runs.env(cli_runs.REFERENCE_DEVICES),
+                         capture_output=True, text=True, timeout=600, cwd=cli_runs.REPO)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  return _build_once(tmp_path_factory, worker_id, "uninterrupted_run", build)

@@ -80,37 +80,76 @@ def test_loss_goes_down_on_8_device_mesh(dtype):
   assert float(metrics["cross_rank_loss"]) > 0 and float(metrics["inmodal_rank_loss"]) > 0
 
 
-def test_fsdp_and_data_parallel_give_the_same_loss():
-  """Data parallel, FSDP, and FSDP with scanned layers (started from the same parameters,
-  stacked) train with the same losses."""
+def _no_true_gradient(path) -> bool:
+  """The attention's key biases: adding b to every key adds q.b to all of a query's logits, which
+  the softmax ignores, so their gradient is 0 up to round-off (and Adam, normalising it, takes
+  steps of random sign on them)."""
+  return "['key']['bias']" in jax.tree_util.keystr(path)
+
+
+def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
+  """Data parallel, FSDP, and FSDP with scanned layers, from the same parameters (stacked for the
+  scanned layout): the same gradient, leaf by leaf, on one batch, then the same loss and gradient
+  norm at each of three training steps and the same parameters after them. Gradients are compared
+  before the optimizer: Adam and clipping by norm are blind to a gradient multiplied by a constant
+  (a sum over the fsdp axis where a mean belongs), the gradient and its norm are not."""
   from rankclip_jax.models.transformer import with_layer_layout
-  losses = {}
   fsdp = {"mesh.data": 2, "mesh.fsdp": 4, "sharding.rules": ((".*", "fsdp"),),
           "sharding.fsdp_min_size": 1}
-  first = None
+  first = grads = None
+  results = {}
   for name, over in {"dp": {"mesh.data": -1, "mesh.fsdp": 1}, "fsdp": fsdp,
                      "fsdp_scanned": dict(fsdp, **{"model.scan_layers": True})}.items():
     trainer = train.Trainer(micro_config(**over))
     state = trainer.init()
+    scanned = name == "fsdp_scanned"
     if first is None:
-      first = jax.tree.map(np.asarray, jax.device_get(state.params))
-    elif name == "fsdp_scanned":
+      first = _params_np(state)
+    else:
       start = jax.jit(functools.partial(train.init_state, trainer.model, trainer.tx, None,
                                         config=trainer.config),
                       out_shardings=trainer.state_shardings)
-      state = start(params=with_layer_layout(first, scanned=True))
+      state = start(params=with_layer_layout(first, scanned=scanned))
+    batch = fixed_batch(trainer)
+    f = jax.jit(functools.partial(train.loss_and_grads, model=trainer.model,
+                                  objective=trainer.objective))
+    (_, _), g = f(state.params, batch, state.step)
+    g = jax.tree.map(np.asarray, jax.device_get(g))
+    g = with_layer_layout(g, scanned=False) if scanned else g
+    if grads is None:
+      grads = g
+    else:
+      for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g),
+                                   jax.tree.leaves(grads)):
+        if _no_true_gradient(path):
+          assert np.abs(got).max() < 1e-6 and np.abs(want).max() < 1e-6, path
+          continue
+        # Rows summed in another order: within 1e-4 of the leaf's largest entry.
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(),
+                                   err_msg=f"{name} {jax.tree_util.keystr(path)}")
     it = trainer.train_iterator()
-    out = []
+    logged = []
     for _ in range(3):
       state, m = trainer.train_step(state, trainer.global_batch(next(it)))
-      out.append(float(m["loss"]))
-    losses[name] = out
+      logged.append((float(m["loss"]), float(m["grad_norm"])))
+    final = _params_np(state)
+    results[name] = (np.array(logged), with_layer_layout(final, scanned=False) if scanned else final)
     if name != "dp":
       encoder = state.params["image"]["encoder"]
-      kernel = (encoder["blocks"] if name == "fsdp_scanned" else encoder["block_0"])["mlp"]["fc1"]
+      kernel = (encoder["blocks"] if scanned else encoder["block_0"])["mlp"]["fc1"]
       assert "fsdp" in str(kernel["kernel"].sharding.spec)
-  np.testing.assert_allclose(losses["dp"], losses["fsdp"], rtol=1e-4)
-  np.testing.assert_allclose(losses["dp"], losses["fsdp_scanned"], rtol=1e-4)
+  # The gradient is not trivially zero anywhere that matters.
+  assert np.abs(grads["image"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]).max() > 0
+  want_logged, want_params = results["dp"]
+  for name in ("fsdp", "fsdp_scanned"):
+    got_logged, got_params = results[name]
+    np.testing.assert_allclose(got_logged, want_logged, rtol=1e-5, err_msg=name)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(got_params),
+                                 jax.tree.leaves(want_params)):
+      if _no_true_gradient(path):
+        continue  # Adam steps on round-off
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                                 err_msg=f"{name} {jax.tree_util.keystr(path)}")
 
 
 @pytest.mark.parametrize("loss_name", ["rankclip", "siglip"])
@@ -232,37 +271,78 @@ def test_outputs_results_tensorboard_and_keeps_last_k_checkpoints(tmp_path):
     assert tag in tags, (tag, sorted(tags))
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
-  """A real process killed with SIGKILL mid-run; the same command continues, not from step 0."""
-  workdir = str(tmp_path / "run")
+def test_killed_run_resumes_from_its_last_checkpoint_and_trains_as_if_never_stopped(
+    tmp_path, uninterrupted_run):
+  """A real process with asynchronous saves (the default) killed with SIGKILL mid-run; the same
+  command continues from its last checkpoint and ends exactly where the uninterrupted run does."""
+  from tests import cli_runs
   # Started from another directory with a relative --workdir, as a user would.
-  cmd = [sys.executable, os.path.join(REPO, "main.py"),
-         f"--config={os.path.join(REPO, 'configs/rankclip_synthetic.py')}", "--workdir=run", "--config.model.size=micro", "--config.image_size=32",
-         "--config.context_length=16", "--config.batch_size=16", "--config.total_steps=60",
-         "--config.optim.warmup_steps=10",
-         "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
-         "--config.checkpoint.async_save=False"] + [
-             f"--config.evals.{e}.num_examples=16" for e in
-             ("zs_shape", "zs_colour", "zs_count", "zs_heldout_combo", "retrieval", "diagnostics")]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  cmd = cli_runs.train_cmd("run", extra=["--config.checkpoint.every_steps=5"])
+  env = cli_runs.env(cli_runs.REFERENCE_DEVICES)
+  proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
-  ckdir = os.path.join(workdir, "checkpoints")
+  ckdir = tmp_path / "run" / "checkpoints"
   while time.time() < deadline:
     done = [int(d) for d in os.listdir(ckdir) if d.isdigit()] if os.path.isdir(ckdir) else []
     if done and max(done) >= 10:
       break
     assert proc.poll() is None, proc.stdout.read()
-    time.sleep(0.5)
+    time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
-  assert 10 <= killed_at < 60
+  killed_at = max(cli_runs.checkpoint_steps(tmp_path / "run"))
+  assert 10 <= killed_at < cli_runs.REFERENCE_STEPS
   out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"Resuming at step {killed_at}/" in out.stdout
   assert "Results (held-out evaluation)" in out.stdout
-  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 60
+  assert json.load(open(tmp_path / "run" / "results.json")) == json.load(
+      open(os.path.join(uninterrupted_run, "results.json")))
+  # The same process and device count as the reference: the same computation, the same numbers.
+  cli_runs.assert_same_training(tmp_path / "run", uninterrupted_run, loss_rtol=1e-6,
+                                grad_norm_rtol=1e-6, param_atol=1e-7)
+
+
+# Run as `python -c`: main.py, but the process kills itself (SIGKILL) when Orbax's background
+# thread is about to commit the checkpoint of step 10 (its files written to the temporary folder,
+# not yet renamed to checkpoints/10): a machine lost in the middle of an asynchronous save.
+_KILLED_DURING_SAVE = """
+import os, runpy, signal, sys
+from orbax.checkpoint._src.path import atomicity
+real_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self):
+  if self._final_path.name == "10":
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await real_finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_run_killed_during_an_asynchronous_save_resumes_from_the_last_finished_one(
+    tmp_path, uninterrupted_run):
+  from tests import cli_runs
+  workdir = tmp_path / "run"
+  cmd = cli_runs.train_cmd(workdir, extra=["--config.checkpoint.every_steps=5"])
+  env = cli_runs.env(cli_runs.REFERENCE_DEVICES)
+  killed = subprocess.run([sys.executable, "-c", _KILLED_DURING_SAVE] + cmd[1:], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=cli_runs.REPO)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  # Killed in the save of step 10: its files are in a temporary folder, step 5 is the last finished.
+  leftovers = [d for d in os.listdir(workdir / "checkpoints") if not d.isdigit()]
+  assert [d.split(".")[0] for d in leftovers] == ["10"], leftovers
+  assert cli_runs.checkpoint_steps(workdir) == [5]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                       cwd=cli_runs.REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Resuming at step 5/" in out.stdout
+  # The temporary folder was neither taken for a checkpoint nor left behind.
+  assert all(d.isdigit() for d in os.listdir(workdir / "checkpoints"))
+  assert cli_runs.checkpoint_steps(workdir)[-1] == cli_runs.REFERENCE_STEPS
+  cli_runs.assert_same_training(workdir, uninterrupted_run, loss_rtol=1e-6, grad_norm_rtol=1e-6,
+                                param_atol=1e-7)
 
 
 def test_throughput_mfu_and_profile_are_logged(tmp_path):
@@ -284,6 +364,14 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
                                       micro_config(**{"loss.strategy": "plain"}), trainer.mesh)))
   f1 = flops.step_flops(one, jax.device_get(trainer.init()), jax.device_get(batch))
   assert f1 > 1e6 and trainer.step_flops() == f1
+  # What was logged is those FLOPs at the logged speed, over 8 devices of the given 1 TFLOP/s peak.
+  from tests.cli_runs import logged
+  steps_per_sec, tflops, mfu = (logged(tmp_path, tag) for tag in (
+      "steps_per_sec", "perf/tflops_per_sec", "perf/mfu"))
+  assert sorted(steps_per_sec) == sorted(tflops) == sorted(mfu) == [2, 4]
+  for step in steps_per_sec:
+    assert tflops[step] == pytest.approx(f1 * steps_per_sec[step] / 1e12, rel=1e-5)
+    assert mfu[step] == pytest.approx(tflops[step] / (1.0 * 8), rel=1e-5)
   # XLA's analysis of the step as configured counts a loop body once (scanned layers, GradCache's
   # micro-batch loop), a shard_map body (the sharded loss) once for all devices, and
   # rematerialisation as work: the trainer takes the model FLOPs from the plain step instead.
