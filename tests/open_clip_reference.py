@@ -14,6 +14,13 @@ The request names an output folder and a list of jobs:
     (strict) and writes NAME.npz with the embeddings of the request's images/texts.
   {"kind": "preprocess", "name", "image_size", "images": [png paths]}: open_clip's own eval transform of
     each image, NAME_preprocess.npy [N, H, W, 3].
+  {"kind": "zero_shot", "name", "cfg", "weights", "images": [png paths], "class_names",
+   "templates"}: open_clip's zero-shot classification of the image files (its eval transform, its
+    prompt-ensemble classifier build_zero_shot_classifier), NAME_zero_shot.npz: "cosine" [N, C]
+    (image-class cosine similarities), "logits" (logit_scale.exp() * cosine), "log_probs" (their
+    log-softmax).
+  {"kind": "tokenize", "name", "texts", "context_length"}: open_clip.tokenize of the texts,
+    NAME_tokens.npy [N, context_length].
 Images come from job["images_npz"] or request["images_npz"] (float32 [N, H, W, 3], already
 normalised) and texts from request["texts"].
 """
@@ -25,6 +32,7 @@ import sys
 import numpy as np
 import open_clip
 import torch
+from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -78,6 +86,23 @@ def main(request_path):
       preprocess = open_clip.image_transform(job["image_size"], is_train=False)
       arrays = [preprocess(Image.open(p)).permute(1, 2, 0).numpy() for p in job["images"]]
       np.save(os.path.join(out, name + "_preprocess.npy"), np.stack(arrays))
+    elif job["kind"] == "zero_shot":
+      model = open_clip.CLIP(**job["cfg"]).eval()
+      model.load_state_dict(load_file(job["weights"]), strict=True)
+      preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+      context_length = job["cfg"]["text_cfg"]["context_length"]
+      with torch.no_grad():
+        classifier = build_zero_shot_classifier(  # [D, C]
+            model, lambda t: open_clip.tokenize(t, context_length=context_length),
+            job["class_names"], job["templates"], num_classes_per_batch=None)
+        x = torch.stack([preprocess(Image.open(p)) for p in job["images"]])
+        cosine = model.encode_image(x, normalize=True) @ classifier
+        logits = model.logit_scale.exp() * cosine
+      np.savez(os.path.join(out, name + "_zero_shot.npz"), cosine=cosine.numpy(),
+               logits=logits.numpy(), log_probs=torch.log_softmax(logits, -1).numpy())
+    elif job["kind"] == "tokenize":
+      tokens = open_clip.tokenize(job["texts"], context_length=job["context_length"])
+      np.save(os.path.join(out, name + "_tokens.npy"), tokens.numpy())
     else:
       raise ValueError(f"unknown job kind {job['kind']!r}")
 

@@ -204,6 +204,12 @@ def test_pl_matches_rax_listmle():
                              float(rax.listmle_loss(x, k)), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(losses.plackett_luce_nll_rows(x, k)),
                              np.asarray(rax.listmle_loss(x, k, reduce_fn=None)), rtol=1e-6)
+  # The gradient w.r.t. the scores too (what training uses): its entries reach O(0.1), so a sign
+  # error, a lost 1/4 (the mean over the 4 lists) or a gradient-only bug is far outside atol 1e-6.
+  got = np.asarray(jax.jit(jax.grad(losses.plackett_luce_nll))(x, k))  # jitted: eager is slower
+  want = np.asarray(jax.jit(jax.grad(rax.listmle_loss))(x, k))
+  assert np.abs(want).max() > 0.1
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_pl_gradients_match_argsort_reference_and_key_gets_none():

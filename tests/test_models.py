@@ -84,16 +84,62 @@ def test_clip_sizes_match_published_parameter_counts(size, image_size, expected_
   assert n / 1e6 == pytest.approx(expected_millions, abs=0.5)
 
 
-def test_conv_stem_gives_the_same_token_grid_and_output():
+def _np_conv(x, kernel, bias, stride, pad):
+  """A plain numpy convolution: x [B, H, W, C], kernel [kh, kw, C, O], pad ((lo, hi), (lo, hi))."""
+  x = np.pad(x, ((0, 0), *pad, (0, 0)))
+  kh, kw = kernel.shape[:2]
+  oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  out = sum(np.einsum("bhwc,co->bhwo", x[:, i:i + stride * oh:stride, j:j + stride * ow:stride],
+                      kernel[i, j]) for i in range(kh) for j in range(kw))
+  return out + (0 if bias is None else bias)
+
+
+def _np_layer_norm(x, p, eps=1e-6):
+  mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_stems_give_a_hand_written_reference_token_grid(stem):
+  """The stem's tokens and the sequence entering the encoder, against numpy written from the
+  description: patch = one stride-P P x P convolution; conv = log2(P) x [3x3 stride-2 convolution
+  with 'SAME' padding, LayerNorm, GELU] then a 1x1 projection; then the class token first, the grid
+  row by row, plus the position embedding, ln_pre."""
   from rankclip_jax.models.vit import VisionTransformer
-  for stem in ("patch", "conv"):
-    vit = VisionTransformer(patch_size=8, width=32, depth=1, num_heads=2, embed_dim=16, stem=stem)
-    x = jnp.zeros((2, 32, 32, 3))
-    variables = vit.init(jax.random.key(0), x)
-    assert vit.apply(variables, x).shape == (2, 16)
-    # cls + (32 / 8)^2 patch tokens, whatever the stem
-    assert variables["params"]["pos_embedding"].shape == (1 + 16, 32)
-    assert ("stem_conv_2" in variables["params"]) == (stem == "conv")
+  vit = VisionTransformer(patch_size=8, width=64, depth=1, num_heads=2, embed_dim=16, stem=stem)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  # Random values for every parameter (biases and LayerNorm ones too, not their 0 / 1 init, so that
+  # each one counts), drawn in numpy: no init to compile, one jitted apply.
+  shapes = jax.eval_shape(vit.init, jax.random.key(0), x)["params"]
+  p = jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
+  out, state = jax.jit(lambda p, x: vit.apply({"params": p}, x, capture_intermediates=True,
+                                              mutable=["intermediates"]))(p, x)
+  assert out.shape == (2, 16) and ("stem_conv_0" in p) == (stem == "conv")
+  if stem == "patch":
+    y = _np_conv(x, p["patch_embed"]["kernel"], None, 8, ((0, 0), (0, 0)))
+  else:
+    y = x
+    for i, channels in enumerate([32, 32, 64]):  # width / 4, / 2, / 1, at least 32
+      assert p[f"stem_conv_{i}"]["kernel"].shape == (3, 3, y.shape[-1], channels)
+      # 'SAME' at stride 2 on an even size pads one pixel, after the end (XLA's rule; torch's
+      # padding=1 would pad both sides and shift every output by a pixel).
+      y = _np_conv(y, p[f"stem_conv_{i}"]["kernel"], p[f"stem_conv_{i}"]["bias"], 2,
+                   ((0, 1), (0, 1)))
+      y = _np_layer_norm(y, p[f"stem_ln_{i}"])
+      y = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))  # nn.gelu: tanh
+    y = _np_conv(y, p["patch_embed"]["kernel"], p["patch_embed"]["bias"], 1, ((0, 0), (0, 0)))
+  assert y.shape == (2, 4, 4, 64)  # (32 / 8)^2 tokens, whatever the stem
+  got = state["intermediates"]
+  np.testing.assert_allclose(got["patch_embed"]["__call__"][0], y, rtol=1e-4, atol=1e-4)
+  tokens = np.concatenate([np.broadcast_to(p["cls"], (2, 1, 64)), y.reshape(2, 16, 64)], axis=1)
+  np.testing.assert_allclose(got["ln_pre"]["__call__"][0],
+                             _np_layer_norm(tokens + p["pos_embedding"], p["ln_pre"]),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+  from rankclip_jax.models.vit import VisionTransformer
   bad = VisionTransformer(patch_size=6, width=32, depth=1, num_heads=2, embed_dim=16, stem="conv")
   with pytest.raises(ValueError, match="power-of-two"):
     bad.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)))

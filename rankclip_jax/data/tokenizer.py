@@ -2,18 +2,32 @@
 
 Backed by `instant-clip-tokenizer`, which carries the CLIP vocabulary inside the wheel, so nothing is
 downloaded at run time. Truncation keeps the end-of-text token, which the text tower pools at.
+
+Texts are cleaned first as open_clip's SimpleTokenizer (clean="lower") and OpenAI's CLIP clean them:
+ftfy.fix_text (mojibake, curly quotes, full-width forms, ligatures, NFC, line breaks), HTML entities
+unescaped twice, whitespace runs collapsed, lower-cased. instant-clip-tokenizer does only the
+lower-casing and the BPE: without this, HTML entities ("&amp;"), curly quotes, full-width letters,
+ligatures and decomposed accents got other ids than open_clip's.
 """
 
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
+import ftfy
 import numpy as np
 
 VOCAB_SIZE = 49408
 SOT_ID = 49406
 EOT_ID = 49407
 PAD_ID = 0
+
+
+def clean_text(text: str) -> str:
+  """open_clip's text cleaning before BPE (tokenizer._clean_lower): the same ids as open_clip."""
+  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+  return " ".join(text.split()).lower()
 
 
 class ClipTokenizer:
@@ -51,7 +65,8 @@ class ClipTokenizer:
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):
       texts = [texts]
-    ids = self._tokenizer().tokenize_batch(list(texts), context_length=self.context_length)
+    ids = self._tokenizer().tokenize_batch([clean_text(t) for t in texts],
+                                           context_length=self.context_length)
     return np.asarray(ids, dtype=np.int32)
 
   def decode(self, ids: Sequence[int]) -> str:
