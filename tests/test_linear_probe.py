@@ -1,6 +1,9 @@
 """Linear probe: the solver reaches the optimum of the documented objective (checked with numpy and,
 when installed, scikit-learn), and the probe's l2 selection, refit and absent classes."""
 
+import importlib
+import os
+
 import numpy as np
 import pytest
 
@@ -64,23 +67,28 @@ def test_solution_is_the_optimum_of_the_objective():
   x, y = blobs(60, 3, 3, 1.0, seed=1)  # overlapping classes: a finite, interesting optimum
   x = (x - x.mean(0)) / x.std(0)
   l2 = 0.05
-  w, b, info = fit_logistic_regression(x, y, 3, l2, tol=1e-6, return_info=True)
-  assert info["converged"] and info["steps"] < 100, info
+  w, b = fit_logistic_regression(x, y, 3, l2, tol=1e-6)
+  # Converged: the gradient of the objective, by hand in float64, vanishes at the solution.
   f, gw, gb = objective_and_grad(w.astype(np.float64), b.astype(np.float64), x, y, l2)
   assert np.abs(gw).max() < 1e-5 and np.abs(gb).max() < 1e-5
-  assert f == pytest.approx(info["objective"], rel=1e-5)
-  # An independent solver (Newton in float64) reaches the same model.
+  # An independent solver (Newton in float64) reaches the same model and the same minimum.
   w_ref, b_ref = newton_reference(x, y, 3, l2)
-  assert np.abs(objective_and_grad(w_ref, b_ref, x, y, l2)[1]).max() < 1e-10
+  f_ref, gw_ref, _ = objective_and_grad(w_ref, b_ref, x, y, l2)
+  assert np.abs(gw_ref).max() < 1e-10
+  assert f == pytest.approx(f_ref, rel=1e-6)
   np.testing.assert_allclose(w, w_ref, atol=2e-5)  # W is unique (strictly convex in W)
   grid = np.random.default_rng(2).normal(size=(50, 3)) * 2
   np.testing.assert_allclose(softmax(grid @ w + b), softmax(grid @ w_ref + b_ref), atol=1e-5)
 
 
 def test_matches_scikit_learn():
-  sklearn_linear = pytest.importorskip(
-      "sklearn.linear_model", reason="scikit-learn is not installed in this venv; the numpy "
-      "gradient check and Newton reference above cover the optimum")
+  # scikit-learn is in requirements.txt: in CI (.ci/run sets RANKCLIP_JAX_CI=1) a missing one fails.
+  if os.environ.get("RANKCLIP_JAX_CI"):
+    sklearn_linear = importlib.import_module("sklearn.linear_model")
+  else:
+    sklearn_linear = pytest.importorskip(
+        "sklearn.linear_model", reason="scikit-learn is not installed in this venv; the numpy "
+        "gradient check and Newton reference above cover the optimum")
   x, y = blobs(60, 3, 3, 1.0, seed=1)
   x = (x - x.mean(0)) / x.std(0)
   l2 = 0.05

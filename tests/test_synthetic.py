@@ -155,6 +155,9 @@ def test_determinism():
   assert full.scene_for(7) == a.scene_for(7)
   assert full[7]["caption"] == S.full_caption(a.scene_for(7))
   assert full[7]["image"].shape == (32, 32, 3)
+  # scene_for(i) is the scene that source[i] shows (one sampling path): its rendering is the image.
+  for i in (0, 7, 42):
+    np.testing.assert_array_equal(S.render_scene(a.scene_for(i), a.image_size), a[i]["image"])
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -777,14 +777,18 @@ class SyntheticScenes:
   def rng_for(self, index: int) -> np.random.Generator:
     return np.random.default_rng([self.seed, SPLITS.index(self.split), self._check_index(index)])
 
+  def _scene_and_rng(self, index: int) -> tuple[Scene, np.random.Generator]:
+    """Example `index`'s scene and its generator, left where the caption's draws begin."""
+    rng = self.rng_for(index)
+    return sample_scene(rng, split=self.split, min_objects=self.min_objects,
+                        max_objects=self.max_objects), rng
+
   def scene_for(self, index: int) -> Scene:
-    return sample_scene(self.rng_for(index), split=self.split, min_objects=self.min_objects,
-                        max_objects=self.max_objects)
+    """The scene of `source[index]` (drawn by the same call as in __getitem__)."""
+    return self._scene_and_rng(index)[0]
 
   def __getitem__(self, index: int) -> dict:
-    rng = self.rng_for(index)
-    scene = sample_scene(rng, split=self.split, min_objects=self.min_objects,
-                         max_objects=self.max_objects)
+    scene, rng = self._scene_and_rng(index)
     # The scene is drawn first, so it does not depend on the caption mode. The monochrome draw
     # happens only when asked for, so sources without it keep their exact captions.
     mono = self.monochrome_fraction > 0 and rng.random() < self.monochrome_fraction

@@ -252,11 +252,6 @@ class WebDatasetSource:
           f"{field.rsplit('.', 1)[0]}.image_key / .caption_key.")
     self._files = _FileCache()
 
-  def index_problems(self) -> dict[str, int]:
-    """Counts of the skip entries found while indexing, per kind."""
-    kinds = self.index["kind"]
-    return {k: int(np.sum(kinds == 1 + i)) for i, k in enumerate(SKIP_KINDS) if np.any(kinds == 1 + i)}
-
   def __len__(self) -> int:
     return len(self.index)
 

@@ -85,17 +85,15 @@ def _lbfgs(x, y, present, l2, w0, b0, max_steps, tol, memory_size=10):
   params = (w0, b0)
   carry = (params, solver.init(params), jnp.int32(0), grad_max(jax.grad(fun)(params)),
            jnp.bool_(True))
-  params, _, step, gmax, _ = jax.lax.while_loop(cond, body, carry)
-  return params, step, gmax, fun(params)
+  params, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
+  return params
 
 
 def fit_logistic_regression(x, y, num_classes: int, l2: float, *, max_steps: int = 1000,
-                            tol: float = 1e-5, init: tuple[np.ndarray, np.ndarray] | None = None,
-                            return_info: bool = False):
+                            tol: float = 1e-5, init: tuple[np.ndarray, np.ndarray] | None = None):
   """Minimises the module's objective f(W, b) on x [N, D] (used as given: standardise first) and
   integer labels y [N] in [0, num_classes). Returns W float32 [D, C] and b float32 [C] (logits
-  x @ W + b), with b = -inf for the classes absent from y; with return_info also
-  {"steps", "grad_max" (largest gradient entry at the end), "objective", "converged"}.
+  x @ W + b), with b = -inf for the classes absent from y.
   `init` = (W, b) warm-starts the solver (absent classes' entries are ignored).
   """
   x = np.asarray(x, np.float32)
@@ -118,15 +116,11 @@ def fit_logistic_regression(x, y, num_classes: int, l2: float, *, max_steps: int
       raise ValueError(f"init must be W [{d}, {num_classes}] and b [{num_classes}].")
   w0 = np.where(present, np.nan_to_num(w0, posinf=0.0, neginf=0.0), 0.0)
   b0 = np.where(present, np.nan_to_num(b0, posinf=0.0, neginf=0.0), 0.0)
-  (w, b), steps, gmax, value = _lbfgs(x, y.astype(np.int32), present, np.float32(l2), w0, b0,
-                                      np.int32(max_steps), np.float32(tol))
+  w, b = _lbfgs(x, y.astype(np.int32), present, np.float32(l2), w0, b0, np.int32(max_steps),
+                np.float32(tol))
   w = np.asarray(w, np.float32)
   b = np.where(present, np.asarray(b, np.float32), -np.inf).astype(np.float32)
-  if not return_info:
-    return w, b
-  gmax = float(gmax)
-  return w, b, {"steps": int(steps), "grad_max": gmax, "objective": float(value),
-                "converged": gmax <= tol}
+  return w, b
 
 
 def _standardizer(x: np.ndarray):
