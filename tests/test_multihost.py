@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import grain
 import jax
@@ -60,12 +59,6 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
       assert np.abs(a).max() < 1e-3 and np.abs(b).max() < 1e-3, name
     else:
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
-  # ...and the single process's checkpoint restores in two processes: evaluating it there gives
-  # the numbers that run reported.
-  run_processes([sys.executable, "-m", "rankclip_jax.evaluate", f"--workdir={one}"], n=2,
-                 devices_each=2)
-  evaluated = json.load(open(one / "eval" / "results_4.json"))
-  assert {k: v for k, v in evaluated.items()} == pytest.approx(r1, abs=1e-4)
 
 
 def _stopped_at(out):
@@ -151,19 +144,19 @@ def test_two_processes_count_every_skipped_example_of_a_csv(tmp_path):
   from tests.test_data_sources import _expected_skips, _final_state, _make, _real_data_config
   src, kinds = _make("csv", tmp_path, num_good=16)
   workdir = tmp_path / "run"
-  run_processes(_train_cmd(workdir, extra=["--config.data.train.kind=csv",
-                                           f"--config.data.train.path={src.files[0]}"]),
+  run_processes(_train_cmd(workdir, total_steps=2, extra=[
+      "--config.data.train.kind=csv", f"--config.data.train.path={src.files[0]}"]),
                 n=2, devices_each=1)
   order = grain.MapDataset.range(len(src)).shuffle(seed=0).repeat(None)
   expected = dict.fromkeys(SKIP_KINDS, 0)
-  for p in range(2):  # 4 steps of 8 good examples per process
-    for k, v in _expected_skips(kinds, len(src), 0, 4 * 8, order=order[p::2]).items():
+  for p in range(2):  # 2 steps of 8 good examples per process: 2 epochs of its 8 good rows
+    for k, v in _expected_skips(kinds, len(src), 0, 2 * 8, order=order[p::2]).items():
       expected[k] += v
   assert sum(expected.values()) > 4  # more than one epoch: some bad rows were met twice
   step, state = _final_state(_real_data_config("csv", src.files[0]), str(workdir))
-  assert step == 4
+  assert step == 2
   assert pipeline.skip_counts(state.data_skipped) == expected
-  assert {k: int(logged(workdir, f"data/skipped/{k}")[4]) for k in SKIP_KINDS} == expected
+  assert {k: int(logged(workdir, f"data/skipped/{k}")[2]) for k in SKIP_KINDS} == expected
 
 
 def test_data_position_across_process_counts():
