@@ -1,5 +1,5 @@
 """The CLIP baseline of configs/rankclip_cc3m.py: the same recipe, data and evaluation with both
-ranking weights 0, so that the comparison runs on identical code (METHOD.md's CLIP row)."""
+ranking weights 0, so that the comparison runs on identical code (docs/method.md's CLIP row)."""
 
 from configs import rankclip_cc3m
 

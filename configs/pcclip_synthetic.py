@@ -1,4 +1,4 @@
-"""PC-CLIP fine-tuning (Sam et al. 2024, METHOD.md) of a trained run on synthetic scene pairs.
+"""PC-CLIP fine-tuning (Sam et al. 2024, docs/method.md) of a trained run on synthetic scene pairs.
 
   python main.py --config=configs/pcclip_synthetic.py:runs/demo --workdir=runs/demo_pcclip
 

@@ -1,4 +1,4 @@
-"""RankCLIP, ViT-B/32, on Conceptual Captions 3M: the authors' recipe (shared METHOD.md).
+"""RankCLIP, ViT-B/32, on Conceptual Captions 3M: the authors' recipe (docs/method.md).
 
 Data it expects: CC3M as webdataset tar shards written by img2dataset (`{key}.jpg` + `{key}.txt`
 [+ `{key}.json`] per example), e.g.

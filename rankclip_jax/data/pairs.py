@@ -1,4 +1,4 @@
-"""Image pairs with comparative captions, for PC-CLIP fine-tuning (Sam et al. 2024; METHOD.md).
+"""Image pairs with comparative captions, for PC-CLIP fine-tuning (Sam et al. 2024; docs/method.md).
 
 A pair example is {"image_a", "image_b", "caption", "attribute"}: the caption states how the first
 image differs from the second ("the first image shows a larger shape than the second.").

@@ -1,4 +1,4 @@
-"""PC-CLIP's evaluations (METHOD.md): comparisons between images, read off embedding differences.
+"""PC-CLIP's evaluations (docs/method.md): comparisons between images, read off embedding differences.
 
 - pairwise: on held-out pairs with a true comparative caption t about (i, j),
     accuracy    = mean[cos(t, normalize(v_i - v_j)) > 0]  (PC-CLIP's criterion), and

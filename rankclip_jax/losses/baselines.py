@@ -1,4 +1,4 @@
-"""The baselines of METHOD.md on the same API and the same row engine as rankclip_loss.
+"""The baselines of docs/method.md on the same API and the same row engine as rankclip_loss.
 
 CyCLIP (Goel et al. 2022), on cosine similarities, scaled by the batch size as in the CyCLIP code:
 

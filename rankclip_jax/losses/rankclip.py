@@ -1,4 +1,4 @@
-"""The RankCLIP objective (see /work/shared/METHOD.md) and its ranking-weight schedule.
+"""The RankCLIP objective (see docs/method.md) and its ranking-weight schedule.
 
 With I, T the [N, D] L2-normalised embeddings and s = exp(logit_scale):
 
@@ -62,7 +62,7 @@ def rankclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *
                              chunk_size=chunk_size)
   metrics = contrastive.clip_metrics(sums, n)
   clip = metrics["clip_loss"]
-  # Row-mean of each PL term, halved over the two directions, divided by N (METHOD.md).
+  # Row-mean of each PL term, halved over the two directions, divided by N (docs/method.md).
   cross = 0.5 * sums["cross"] / n / n
   inmodal = 0.5 * sums["inmodal"] / n / n
 
@@ -79,7 +79,7 @@ def ranking_weight_multiplier(step, total_steps, schedule: str) -> jax.Array:
   """Multiplier for the ranking weights at `step` (int or traced array) -> float32 scalar.
 
   'ramp':     clip(3 * step / total_steps, 0, 2): 0 at step 0, 1 at a third, 2 from two thirds on
-              (METHOD.md's epoch ramp r(t), expressed on steps).
+              (docs/method.md's epoch ramp r(t), expressed on steps).
   'constant': 1.
   The trainer uses weight = config_weight * multiplier; config_weight = 1/16 with 'ramp' reproduces
   the authors' r(t) / 16.
