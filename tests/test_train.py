@@ -223,60 +223,29 @@ def _run_steps(config, workdir, stop_after):
     train.checkpointing.Checkpointer.save = real_save
 
 
-def test_outputs_results_tensorboard_and_keeps_last_k_checkpoints(tmp_path):
-  c = micro_config(total_steps=9)
-  results = train.train_and_evaluate(c, str(tmp_path))
-  on_disk = json.load(open(tmp_path / "results.json"))
-  assert on_disk["step"] == 9
+def test_a_run_writes_results_and_tensorboard_files(uninterrupted_run):
+  """What a user finds in the workdir of a finished `main.py` run (the session's reference run):
+  results.json with the evaluators' metrics, and TensorBoard event files with the training and
+  evaluation scalars, read back with TensorBoard's own reader."""
+  from tests import cli_runs
+  on_disk = json.load(open(os.path.join(uninterrupted_run, "results.json")))
+  assert on_disk["step"] == cli_runs.REFERENCE_STEPS
   for key in ("zs_shape/top1", "zs_colour/top1", "zs_count/top1", "zs_heldout_combo/top1",
               "retrieval/i2t_r1", "retrieval/t2i_r10"):
-    assert 0.0 <= on_disk[key] <= 1.0 and on_disk[key] == pytest.approx(results[key])
-  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints/*")))
-  assert steps == [6, 9]  # every 3 steps, keep 2
-  # TensorBoard event files, read back with TensorBoard's own reader.
+    assert 0.0 <= on_disk[key] <= 1.0, key
+  assert glob.glob(os.path.join(uninterrupted_run, "events.out.tfevents.*"))
   from tensorboard.backend.event_processing import event_accumulator
-  events = glob.glob(str(tmp_path / "events.out.tfevents.*"))
-  assert events
-  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+  acc = event_accumulator.EventAccumulator(uninterrupted_run, size_guidance={"tensors": 0})
   acc.Reload()
   tags = set(acc.Tags()["tensors"])
   for tag in ("train/loss", "train/clip_loss", "train/cross_rank_loss", "train/inmodal_rank_loss",
               "train/scale", "train/learning_rate", "train/grad_norm", "examples_per_sec",
               "zs_shape/top1", "retrieval/i2t_r1"):
     assert tag in tags, (tag, sorted(tags))
-
-
-def test_killed_run_resumes_from_its_last_checkpoint_and_trains_as_if_never_stopped(
-    tmp_path, uninterrupted_run):
-  """A real process with asynchronous saves (the default) killed with SIGKILL mid-run; the same
-  command continues from its last checkpoint and ends exactly where the uninterrupted run does."""
-  from tests import cli_runs
-  # Started from another directory with a relative --workdir, as a user would.
-  cmd = cli_runs.train_cmd("run", extra=["--config.checkpoint.every_steps=5"])
-  env = cli_runs.env(cli_runs.REFERENCE_DEVICES)
-  proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 300
-  ckdir = tmp_path / "run" / "checkpoints"
-  while time.time() < deadline:
-    done = [int(d) for d in os.listdir(ckdir) if d.isdigit()] if os.path.isdir(ckdir) else []
-    if done and max(done) >= 10:
-      break
-    assert proc.poll() is None, proc.stdout.read()
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(cli_runs.checkpoint_steps(tmp_path / "run"))
-  assert 10 <= killed_at < cli_runs.REFERENCE_STEPS
-  out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert f"Resuming at step {killed_at}/" in out.stdout
-  assert "Results (held-out evaluation)" in out.stdout
-  assert json.load(open(tmp_path / "run" / "results.json")) == json.load(
-      open(os.path.join(uninterrupted_run, "results.json")))
-  # The same process and device count as the reference: the same computation, the same numbers.
-  cli_runs.assert_same_training(tmp_path / "run", uninterrupted_run, loss_rtol=1e-6,
-                                grad_norm_rtol=1e-6, param_atol=1e-7)
+  # The final evaluation's scalars are the results written to results.json.
+  for key in ("zs_shape/top1", "retrieval/i2t_r1"):
+    assert cli_runs.logged(uninterrupted_run, key)[cli_runs.REFERENCE_STEPS] == pytest.approx(
+        on_disk[key], abs=1e-6)
 
 
 # Run as `python -c`: main.py, but the process kills itself (SIGKILL) when Orbax's background
@@ -292,30 +261,57 @@ async def finalize(self):
   return await real_finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python main.py` does
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_run_killed_during_an_asynchronous_save_resumes_from_the_last_finished_one(
+def test_killed_runs_resume_from_their_last_finished_checkpoint_as_if_never_stopped(
     tmp_path, uninterrupted_run):
+  """Real processes with asynchronous saves (the default), checkpointing every 5 steps: one killed
+  inside the save of step 10, its successor killed with SIGKILL from outside mid-run, the same
+  command a third time to the end. Each start resumes from the last finished checkpoint (never
+  from the unfinished folder), and the run ends exactly where the uninterrupted one does."""
   from tests import cli_runs
-  workdir = tmp_path / "run"
-  cmd = cli_runs.train_cmd(workdir, extra=["--config.checkpoint.every_steps=5"])
+  # Started from another directory with a relative --workdir, as a user would.
+  cmd = cli_runs.train_cmd("run", extra=["--config.checkpoint.every_steps=5"])
   env = cli_runs.env(cli_runs.REFERENCE_DEVICES)
+  workdir = tmp_path / "run"
+
+  # 1. Killed in the save of step 10: its files are in a temporary folder, 5 is the last finished.
   killed = subprocess.run([sys.executable, "-c", _KILLED_DURING_SAVE] + cmd[1:], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=cli_runs.REPO)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  # Killed in the save of step 10: its files are in a temporary folder, step 5 is the last finished.
   leftovers = [d for d in os.listdir(workdir / "checkpoints") if not d.isdigit()]
   assert [d.split(".")[0] for d in leftovers] == ["10"], leftovers
   assert cli_runs.checkpoint_steps(workdir) == [5]
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
-                       cwd=cli_runs.REPO)
+
+  # 2. The same command resumes at 5; SIGKILL once step 15 (or later) is saved.
+  proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = cli_runs.checkpoint_steps(workdir)
+    if done and max(done) >= 15:
+      break
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  out = proc.communicate()[0]
+  assert "Resuming at step 5/" in out, out[-3000:]
+  killed_at = max(cli_runs.checkpoint_steps(workdir))
+  assert 15 <= killed_at < cli_runs.REFERENCE_STEPS
+
+  # 3. Once more, to the end.
+  out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "Resuming at step 5/" in out.stdout
-  # The temporary folder was neither taken for a checkpoint nor left behind.
-  assert all(d.isdigit() for d in os.listdir(workdir / "checkpoints"))
-  assert cli_runs.checkpoint_steps(workdir)[-1] == cli_runs.REFERENCE_STEPS
+  assert f"Resuming at step {killed_at}/" in out.stdout
+  assert "Results (held-out evaluation)" in out.stdout
+  # No temporary folder left; the last 3 (config.checkpoint.keep) checkpoints kept.
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "25", "30"]
+  assert json.load(open(workdir / "results.json")) == json.load(
+      open(os.path.join(uninterrupted_run, "results.json")))
+  # The same process and device count as the reference: the same computation, the same numbers.
   cli_runs.assert_same_training(workdir, uninterrupted_run, loss_rtol=1e-6, grad_norm_rtol=1e-6,
                                 param_atol=1e-7)
 
