@@ -11,7 +11,7 @@ the table; none on CPU).
       --open_clip_python /path/to/torch-venv/bin/python      # CPU: also open_clip, same model
 
 --open_clip_python names a Python that has torch and open_clip_torch (kept out of this project's
-environment: ../shared/ENVIRONMENT.md); the same architecture and batch is then trained there with
+environment: the .venv-torch of requirements-torch.txt, see the README's tests); the same architecture and batch is then trained there with
 CLIP's loss and AdamW, and the ratio of examples/s is printed.
 """
 

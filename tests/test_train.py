@@ -80,13 +80,6 @@ def test_loss_goes_down_on_8_device_mesh(dtype):
   assert float(metrics["cross_rank_loss"]) > 0 and float(metrics["inmodal_rank_loss"]) > 0
 
 
-def _no_true_gradient(path) -> bool:
-  """The attention's key biases: adding b to every key adds q.b to all of a query's logits, which
-  the softmax ignores, so their gradient is 0 up to round-off (and Adam, normalising it, takes
-  steps of random sign on them)."""
-  return "['key']['bias']" in jax.tree_util.keystr(path)
-
-
 def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
   """Data parallel, FSDP, and FSDP with scanned layers, from the same parameters (stacked for the
   scanned layout): the same gradient, leaf by leaf, on one batch, then the same loss and gradient
@@ -94,6 +87,7 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
   before the optimizer: Adam and clipping by norm are blind to a gradient multiplied by a constant
   (a sum over the fsdp axis where a mean belongs), the gradient and its norm are not."""
   from rankclip_jax.models.transformer import with_layer_layout
+  from tests.cli_runs import no_true_gradient
   fsdp = {"mesh.data": 2, "mesh.fsdp": 4, "sharding.rules": ((".*", "fsdp"),),
           "sharding.fsdp_min_size": 1}
   first = grads = None
@@ -121,7 +115,7 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
     else:
       for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(g),
                                    jax.tree.leaves(grads)):
-        if _no_true_gradient(path):
+        if no_true_gradient(path):
           assert np.abs(got).max() < 1e-6 and np.abs(want).max() < 1e-6, path
           continue
         # Rows summed in another order: within 1e-4 of the leaf's largest entry.
@@ -146,7 +140,7 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
     np.testing.assert_allclose(got_logged, want_logged, rtol=1e-5, err_msg=name)
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(got_params),
                                  jax.tree.leaves(want_params)):
-      if _no_true_gradient(path):
+      if no_true_gradient(path):
         continue  # Adam steps on round-off
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
                                  err_msg=f"{name} {jax.tree_util.keystr(path)}")
