@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from configs import common
+from rankclip_jax import defaults
 from rankclip_jax import flops as flops_lib
 from rankclip_jax import train
 from rankclip_jax.data.records import SKIP_KINDS
@@ -38,7 +38,7 @@ from rankclip_jax.models.two_towers import SIZES
 def make_config(size: str, batch: int, image_size: int, context: int, dtype: str, ranking: bool,
                 remat: str, peak_tflops: float, scan: bool = False):
   """remat: "" (none) or a model.remat_policy name."""
-  c = common.base_config()
+  c = defaults.base_config()
   c.model.size = size
   c.model.scan_layers = scan
   c.model.dtype = dtype

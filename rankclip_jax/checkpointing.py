@@ -14,11 +14,20 @@ from typing import Any, Optional
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from rankclip_jax import defaults
+
 STATE, DATA, CONFIG = "state", "data", "config"
+
+
+def absolute_path(path: str) -> str:
+  """Local paths made absolute (Orbax's tensorstore paths must be); cloud URLs (gs://bucket/run, as
+  multi-host TPU runs use for a workdir every host can reach) kept as they are."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -44,11 +53,8 @@ class Checkpointer:
   """Periodic + final saves, keep the last `keep`, automatic resume."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
-    if every_steps <= 0:
-      raise ValueError(f"config.checkpoint.every_steps={every_steps} must be > 0.")
-    if keep <= 0:
-      raise ValueError(f"config.checkpoint.keep={keep} must be > 0.")
-    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    """every_steps and keep > 0 (config.checkpoint's, checked by config validation)."""
+    self.directory = epath.Path(absolute_path(directory))
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -152,10 +158,8 @@ class Checkpointer:
     return restored["params"]
 
   def saved_config(self, step: Optional[int] = None):
-    """The config saved with `step`, over the current defaults (configs/common.py), so that runs
-    written before a field existed still load; `evals` is taken as saved, not merged."""
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from configs import common  # pylint: disable=g-import-not-at-top
+    """The config saved with `step`, over the current defaults (rankclip_jax/defaults.py), so
+    that runs written before a field existed still load; `evals` is taken as saved, not merged."""
 
     def merge(node, values: dict[str, Any]):
       for key, value in values.items():
@@ -165,7 +169,7 @@ class Checkpointer:
         else:
           node[key] = value
 
-    config = common.base_config()
+    config = defaults.base_config()
     saved = dict(self.restore_config(step))
     evals = saved.pop("evals", {})
     merge(config, saved)

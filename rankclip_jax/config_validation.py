@@ -1,24 +1,29 @@
-"""Checks a config before any work starts, with errors that name the field and the fix."""
+"""Checks a config before any work starts, with errors that name the field and the fix.
+
+The only place where fields are checked against each other and against the registries of names
+(data sources, losses, loss strategies, weight schedules, evaluators, zero-shot tasks): the
+builders downstream take what is checked here as given.
+
+- validate_config: a training run (main.py): everything.
+- validate_for_evaluation: evaluating a run's checkpoint (evaluate.py): the model and the evals;
+  the training fields were checked when the run trained, on its own device count.
+"""
 
 from __future__ import annotations
 
+import re
+
 import jax
 
-from rankclip_jax.data import tfds_eval
-from rankclip_jax.data.pipeline import PAIR_KINDS, SOURCE_KINDS
-from rankclip_jax.evaluation.evaluators import EVAL_KINDS
+from rankclip_jax import sharding as shd
+from rankclip_jax.data import karpathy, synthetic, tfds_eval
+from rankclip_jax.data.sources import SOURCES
+from rankclip_jax.errors import ConfigError  # re-exported: callers catch it from here
+from rankclip_jax.evaluation import evaluators as evals_lib
+from rankclip_jax.losses import LOSSES, SCHEDULES
 from rankclip_jax.models.transformer import REMAT_POLICIES
 from rankclip_jax.models.two_towers import tower_sizes
-
-LOSSES = ("rankclip", "cyclip", "siglip", "pcclip")
-LOSS_STRATEGIES = ("sharded", "plain")
-WEIGHT_SCHEDULES = ("ramp", "constant")
-RETRIEVAL_SETS = ("coco", "flickr30k")
-ZERO_SHOT_TASKS = ("shape", "colour", "count", "combo")
-
-
-class ConfigError(ValueError):
-  """A config field has a value that cannot work; the message names the field and the fix."""
+from rankclip_jax.objective import STRATEGIES
 
 
 def _require(cond: bool, msg: str):
@@ -26,20 +31,33 @@ def _require(cond: bool, msg: str):
     raise ConfigError(msg)
 
 
+def _choose(registry, name, field: str):
+  _require(name in registry, registry.unknown(name, field))
+
+
 def validate_config(config, *, num_devices: int | None = None,
                     process_count: int | None = None) -> None:
-  c = config
+  """All of a training run's config (see the module docstring)."""
   n = jax.device_count() if num_devices is None else num_devices
   p = jax.process_count() if process_count is None else process_count
-  _require(c.total_steps > 0, f"config.total_steps={c.total_steps} must be > 0.")
-  _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be > 0.")
-  _require(c.batch_size % n == 0,
-           f"config.batch_size={c.batch_size} (global) must be divisible by the {n} devices; "
-           f"e.g. --config.batch_size={max(n, c.batch_size // n * n)}.")
-  _require(c.batch_size % p == 0,
-           f"config.batch_size={c.batch_size} must be divisible by the {p} processes.")
-  for field in ("log_every_steps", "eval_every_steps", "eval_batch_size"):
-    _require(c[field] > 0, f"config.{field}={c[field]} must be > 0.")
+  _validate_model(config)
+  _validate_run(config, n, p)
+  _validate_loss(config, n)
+  _validate_optim(config)
+  _validate_data(config)
+  _validate_evals(config)
+
+
+def validate_for_evaluation(config) -> None:
+  """What evaluating a run's checkpoint needs of its config: the model and the evals."""
+  _require(config.eval_batch_size > 0,
+           f"config.eval_batch_size={config.eval_batch_size} must be > 0.")
+  _validate_model(config)
+  _choose(LOSSES, config.loss.name, "config.loss.name")
+  _validate_evals(config)
+
+
+def _validate_model(c) -> None:
   try:
     patch = tower_sizes(c.model).patch_size
   except ValueError as e:
@@ -52,44 +70,25 @@ def validate_config(config, *, num_devices: int | None = None,
            f"{sorted(REMAT_POLICIES)}.")
   _require(c.model.init_scale > 0, f"config.model.init_scale={c.model.init_scale} must be > 0.")
   _require(c.context_length >= 3, f"config.context_length={c.context_length} must be >= 3.")
-  _require(c.loss.name in LOSSES, f"config.loss.name={c.loss.name!r}; choose one of {LOSSES}.")
-  for w in ("cross_weight", "inmodal_weight"):
-    _require(c.loss[w] >= 0, f"config.loss.{w}={c.loss[w]} must be >= 0 (0 switches it off).")
-  if c.loss.name == "siglip":
-    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
-             "config.loss.name='siglip' has no ranking or cyclic terms: set "
-             "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
-             "configs/siglip_synthetic.py).")
-  pairs = c.data.train.kind in PAIR_KINDS
-  if c.loss.name == "pcclip" or pairs:
-    _require(c.loss.name == "pcclip" and pairs,
-             f"config.loss.name={c.loss.name!r} with config.data.train.kind="
-             f"{c.data.train.kind!r}: PC-CLIP fine-tuning (loss 'pcclip') trains on image pairs "
-             f"({' or '.join(PAIR_KINDS)}) and pairs train only with it; see "
-             "configs/pcclip_synthetic.py.")
-    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
-             "config.loss.name='pcclip' has no ranking terms: set --config.loss.cross_weight=0 "
-             "--config.loss.inmodal_weight=0.")
-  _require(c.loss.strategy in LOSS_STRATEGIES,
-           f"config.loss.strategy={c.loss.strategy!r}; choose one of {LOSS_STRATEGIES}.")
+  try:
+    shd.validate_rules(c.sharding.rules)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate_run(c, n: int, p: int) -> None:
+  _require(c.total_steps > 0, f"config.total_steps={c.total_steps} must be > 0.")
+  _require(c.batch_size > 0, f"config.batch_size={c.batch_size} must be > 0.")
+  _require(c.batch_size % n == 0,
+           f"config.batch_size={c.batch_size} (global) must be divisible by the {n} devices; "
+           f"e.g. --config.batch_size={max(n, c.batch_size // n * n)}.")
+  _require(c.batch_size % p == 0,
+           f"config.batch_size={c.batch_size} must be divisible by the {p} processes.")
+  for field in ("log_every_steps", "eval_every_steps", "eval_batch_size"):
+    _require(c[field] > 0, f"config.{field}={c[field]} must be > 0.")
   _require(c.microbatches >= 1 and c.batch_size % (c.microbatches * n) == 0,
            f"config.microbatches={c.microbatches}: the global batch {c.batch_size} must split into "
            f"that many micro-batches, each divisible by the {n} devices.")
-  local_rows = c.batch_size // n if c.loss.strategy == "sharded" else c.batch_size
-  _require(c.loss.chunk_size >= 0 and (c.loss.chunk_size == 0 or local_rows % c.loss.chunk_size == 0),
-           f"config.loss.chunk_size={c.loss.chunk_size} must be 0 (no chunking) or divide the "
-           f"{local_rows} rows each device computes (batch {c.batch_size}, strategy "
-           f"{c.loss.strategy!r}, {n} devices).")
-  _require(c.loss.weight_schedule in WEIGHT_SCHEDULES,
-           f"config.loss.weight_schedule={c.loss.weight_schedule!r}; choose one of "
-           f"{WEIGHT_SCHEDULES}.")
-  _require(0 <= c.optim.warmup_steps <= c.total_steps,
-           f"config.optim.warmup_steps={c.optim.warmup_steps} must be in "
-           f"[0, config.total_steps={c.total_steps}].")
-  _require(c.optim.learning_rate > 0,
-           f"config.optim.learning_rate={c.optim.learning_rate} must be > 0.")
-  _require(len(c.optim.betas) == 2,
-           f"config.optim.betas={c.optim.betas} must be a pair, e.g. (0.9, 0.999).")
   _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
            "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
   _require(c.get("peak_tflops", 0) >= 0, f"config.peak_tflops={c.get('peak_tflops')} must be >= 0 "
@@ -98,59 +97,119 @@ def validate_config(config, *, num_devices: int | None = None,
   _require(len(profile) == 2 and 0 <= profile[0] and (profile[0] == 0 or profile[1] > profile[0]),
            f"config.profile_steps={profile} must be (first, last) with last > first > 0, or (0, 0) "
            "for no profile.")
+
+
+def _validate_loss(c, n: int) -> None:
+  _choose(LOSSES, c.loss.name, "config.loss.name")
+  loss = LOSSES.get(c.loss.name)
+  for w in ("cross_weight", "inmodal_weight"):
+    _require(c.loss[w] >= 0, f"config.loss.{w}={c.loss[w]} must be >= 0 (0 switches it off).")
+  if c.loss.name == "siglip":
+    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
+             "config.loss.name='siglip' has no ranking or cyclic terms: set "
+             "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
+             "configs/siglip_synthetic.py).")
+  _choose(SOURCES, c.data.train.kind, "config.data.train.kind")
+  pairs = SOURCES.get(c.data.train.kind).pairs
+  if loss.pairs or pairs:
+    pair_losses = [k for k, v in LOSSES.items() if v.pairs]
+    pair_kinds = [k for k, v in SOURCES.items() if v.pairs]
+    _require(loss.pairs and pairs,
+             f"config.loss.name={c.loss.name!r} with config.data.train.kind="
+             f"{c.data.train.kind!r}: PC-CLIP fine-tuning (loss {' or '.join(map(repr, pair_losses))})"
+             f" trains on image pairs ({' or '.join(pair_kinds)}) and pairs train only with it; "
+             "see configs/pcclip_synthetic.py.")
+    _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
+             f"config.loss.name={c.loss.name!r} has no ranking terms: set "
+             "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0.")
+  _choose(STRATEGIES, c.loss.strategy, "config.loss.strategy")
+  local_rows = c.batch_size // n if c.loss.strategy == "sharded" else c.batch_size
+  _require(c.loss.chunk_size >= 0 and (c.loss.chunk_size == 0 or local_rows % c.loss.chunk_size == 0),
+           f"config.loss.chunk_size={c.loss.chunk_size} must be 0 (no chunking) or divide the "
+           f"{local_rows} rows each device computes (batch {c.batch_size}, strategy "
+           f"{c.loss.strategy!r}, {n} devices).")
+  _choose(SCHEDULES, c.loss.weight_schedule, "config.loss.weight_schedule")
+
+
+def _validate_optim(c) -> None:
+  _require(0 <= c.optim.warmup_steps <= c.total_steps,
+           f"config.optim.warmup_steps={c.optim.warmup_steps} must be in "
+           f"[0, config.total_steps={c.total_steps}].")
+  _require(c.optim.learning_rate > 0,
+           f"config.optim.learning_rate={c.optim.learning_rate} must be > 0.")
+  _require(len(c.optim.betas) == 2,
+           f"config.optim.betas={c.optim.betas} must be a pair, e.g. (0.9, 0.999).")
+  for field in ("no_decay_regex", "freeze_regex"):
+    try:
+      re.compile(c.optim.get(field, ""))
+    except re.error as e:
+      raise ConfigError(f"config.optim.{field}={c.optim[field]!r} is not a valid regex: {e}."
+                        ) from None
+
+
+def _validate_data(c) -> None:
   _validate_source(c.data.train, "config.data.train")
   lo, hi = c.data.crop_scale
   _require(0 < lo <= hi <= 1, f"config.data.crop_scale={tuple(c.data.crop_scale)} must satisfy "
            "0 < low <= high <= 1 (fractions of the image area), e.g. (0.9, 1.0).")
   _require(c.data.worker_count >= 0, f"config.data.worker_count={c.data.worker_count} must be >= 0.")
-  for name, ev in c.evals.items():
-    _require(ev.kind in EVAL_KINDS, f"config.evals.{name}.kind={ev.kind!r}; choose one of "
-             f"{EVAL_KINDS}.")
-    _require(ev.get("every_steps", 0) >= 0,
-             f"config.evals.{name}.every_steps must be >= 0 (0: config.eval_every_steps).")
-    if ev.kind == "diagnostics" and ev.get("data") is not None:
-      _validate_source(ev.data, f"config.evals.{name}.data")
-    dataset = ev.get("dataset", "synthetic")
-    if ev.kind == "retrieval" and dataset != "synthetic":
-      _require(dataset in RETRIEVAL_SETS, f"config.evals.{name}.dataset={dataset!r}; choose "
-               f"'synthetic' or one of {RETRIEVAL_SETS}.")
-      for field in ("json_path", "image_root"):
-        _require(bool(ev.get(field)), f"config.evals.{name}.{field} is required for {dataset} "
-                 "retrieval (the Karpathy split file dataset_{coco,flickr30k}.json and the folder "
-                 "of images); see configs/common.py: karpathy_retrieval.")
-      continue
-    if ev.kind in ("zero_shot", "linear_probe") and dataset != "synthetic":
-      _require(dataset in tfds_eval.DATASETS,
-               f"config.evals.{name}.dataset={dataset!r}; choose 'synthetic' or one of "
-               f"{sorted(tfds_eval.DATASETS)}.")
-      _require(ev.get("num_examples", 0) >= 0,
-               f"config.evals.{name}.num_examples must be >= 0 (0: the whole split).")
-      continue
-    _require(ev.kind != "linear_probe", f"config.evals.{name}: linear_probe needs a TFDS "
-             f"`dataset`, one of {sorted(tfds_eval.DATASETS)}.")
-    if ev.kind == "zero_shot":
-      _require(ev.task in ZERO_SHOT_TASKS, f"config.evals.{name}.task={ev.task!r}; choose one of "
-               f"{ZERO_SHOT_TASKS}.")
-    _require(ev.num_examples > 0, f"config.evals.{name}.num_examples must be > 0.")
-
-
-_PATH_EXAMPLES = {"webdataset": "'/data/cc3m/{00000..00331}.tar'", "csv": "/data/cc3m/train.csv",
-                  "csv_pairs": "/data/pairs.csv"}
 
 
 def _validate_source(src, field: str) -> None:
-  _require(src.kind in SOURCE_KINDS,
-           f"{field}.kind={src.kind!r}; choose one of {SOURCE_KINDS}.")
-  if src.kind == "synthetic_pairs":
-    _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
+  _choose(SOURCES, src.kind, f"{field}.kind")
+  kind = SOURCES.get(src.kind)
+  if kind.path_example:  # reads files
+    path = src.path
+    _require(bool(path) and (not isinstance(path, str) or path.strip()),
+             f"{field}.path is empty: kind={src.kind!r} reads files; give them with "
+             f"--{field}.path={kind.path_example}.")
     return
+  _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
   if src.kind == "synthetic":
-    _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
     _require(1 <= src.min_objects <= src.max_objects,
              f"{field}: need 1 <= min_objects ({src.min_objects}) <= max_objects "
              f"({src.max_objects}).")
-    return
-  path = src.path
-  _require(bool(path) and (not isinstance(path, str) or path.strip()),
-           f"{field}.path is empty: kind={src.kind!r} reads files; give them with "
-           f"--{field}.path={_PATH_EXAMPLES[src.kind]}.")
+
+
+def _validate_evals(c) -> None:
+  for name, ev in c.evals.items():
+    field = f"config.evals.{name}"
+    _choose(evals_lib.EVALUATORS, ev.get("kind"), f"{field}.kind")
+    _require(ev.get("every_steps", 0) >= 0, f"{field}.every_steps={ev.get('every_steps')} must "
+             "be >= 0 (0: config.eval_every_steps).")
+    _validate_eval_fields(ev, field)
+    if ev.kind == "diagnostics" and ev.get("data") is not None:
+      _validate_source(ev.data, f"{field}.data")
+    dataset = ev.get("dataset", "synthetic")
+    if ev.kind == "retrieval" and dataset != "synthetic":
+      _require(dataset in karpathy.RETRIEVAL_SETS, f"{field}.dataset={dataset!r}; choose "
+               f"'synthetic' or one of {karpathy.RETRIEVAL_SETS}.")
+      for f in ("json_path", "image_root"):
+        _require(bool(ev.get(f)), f"{field}.{f} is required for {dataset} retrieval (the "
+                 "Karpathy split file dataset_{coco,flickr30k}.json and the folder of images); "
+                 "see rankclip_jax/defaults.py: karpathy_retrieval.")
+      continue
+    if ev.kind in ("zero_shot", "linear_probe") and dataset != "synthetic":
+      _require(dataset in tfds_eval.DATASETS,
+               f"{field}.dataset={dataset!r}; choose 'synthetic' or one of "
+               f"{sorted(tfds_eval.DATASETS)}.")
+      _require(ev.get("num_examples", 0) >= 0,
+               f"{field}.num_examples must be >= 0 (0: the whole split).")
+      continue
+    _require(ev.kind != "linear_probe", f"{field}: linear_probe needs a TFDS `dataset`, one of "
+             f"{sorted(tfds_eval.DATASETS)}.")
+    if ev.kind == "zero_shot":
+      _choose(synthetic.ZERO_SHOT_TASKS, ev.get("task"), f"{field}.task")
+    _require(ev.num_examples > 0, f"{field}.num_examples must be > 0.")
+
+
+def _validate_eval_fields(ev, field: str) -> None:
+  """Every field of an evals entry is one its kind's builder takes (a misspelt field in a config
+  file would otherwise be ignored), and the ones it needs are there."""
+  takes = evals_lib.COMMON_FIELDS + evals_lib.kind_fields(ev.kind)
+  unknown = [key for key in ev if key not in takes]
+  _require(not unknown, f"{field}: {ev.kind} has no field {', '.join(map(repr, unknown))}; its "
+           f"fields: {', '.join(takes)}.")
+  missing = [key for key in evals_lib.required_fields(ev.kind) if key not in ev]
+  _require(not missing, f"{field}: {ev.kind} needs {', '.join(map(repr, missing))} "
+           f"(e.g. --{field}.{missing[0] if missing else ''}=...).")

@@ -38,9 +38,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from rankclip_jax import checkpointing, cli, inference
-from rankclip_jax.config_validation import ConfigError
-from rankclip_jax.errors import USER_ERRORS
+from rankclip_jax import checkpointing, cli, defaults, model_setup
+from rankclip_jax.errors import USER_ERRORS, ConfigError
 from rankclip_jax.interop import open_clip, tensor_files
 from rankclip_jax.interop.pretrained import STATE_DICT_SUFFIXES
 from rankclip_jax.models import tower_sizes
@@ -65,7 +64,6 @@ def import_state_dict(path: str, output: str, *, act: Optional[str] = None,
     raise ConfigError("--act is required for an import: quick_gelu for OpenAI's weights and "
                       "OpenCLIP's -quickgelu models, gelu for the other OpenCLIP models (a "
                       "state dict does not record it; --open_clip_config does).")
-  from configs import common  # pylint: disable=g-import-not-at-top
   from rankclip_jax.models.transformer import ACTIVATIONS  # pylint: disable=g-import-not-at-top
   if act not in ACTIVATIONS:
     raise ConfigError(f"--act={act!r}; choose one of {sorted(ACTIVATIONS)} (OpenAI weights: "
@@ -74,7 +72,7 @@ def import_state_dict(path: str, output: str, *, act: Optional[str] = None,
   spec = open_clip.infer_spec(state, act=act, image_heads=image_heads, text_heads=text_heads,
                               ln_eps=ln_eps)
   params = open_clip.to_flax(state, spec)
-  config = common.base_config()
+  config = defaults.base_config()
   config.model.size = spec["size"]
   if spec["size"] == "custom":
     config.model.custom.update(vars(spec["sizes"]))
@@ -119,11 +117,11 @@ def export_run(run: str, output: str, *, step: Optional[int] = None) -> tuple[st
           f"{run}: model.stem={config.model.stem!r}, model.pool={config.model.pool!r}; open_clip's "
           "ViT has a linear patch stem and class-token pooling (stem='patch', pool='cls').")
 
-  config, model, params, step = inference.restore_run(
+  config, setup, params, step = model_setup.restore_run(
       run, step=step, device=jax.local_devices(backend="cpu")[0], check=check)
   model_cfg = open_clip.open_clip_config(
       tower_sizes(config.model), image_size=config.image_size,
-      context_length=config.context_length, vocab_size=model.vocab_size, act=config.model.act,
+      context_length=config.context_length, vocab_size=setup.model.vocab_size, act=config.model.act,
       ln_eps=float(config.model.get("ln_eps", 1e-6)), logit_bias="logit_bias" in params)
   tensor_files.write_safetensors(output, open_clip.from_flax(params), metadata={
       "format": "pt", "source": f"rankclip_jax run {os.path.abspath(run)} step {step}"})
@@ -178,5 +176,10 @@ def main(argv):
     raise SystemExit(f"Error: {e}") from None
 
 
-if __name__ == "__main__":
+def run():
+  """The `rankclip-convert` command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

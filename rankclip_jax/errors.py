@@ -1,14 +1,19 @@
 """The errors that mean "what the user gave cannot work" (a config value, a data path, a data
-file, a missing evaluation set). Entry points report them as one line naming the field or file and
-the fix, without a traceback; anything else is a bug and keeps its traceback."""
+file, a missing evaluation set, a weight file). Entry points report them as one line naming the
+field or file and the fix, without a traceback; anything else is a bug and keeps its traceback.
 
-from rankclip_jax.config_validation import ConfigError
-from rankclip_jax.data.csv_files import CsvFormatError
-from rankclip_jax.data.files import DataPathError
-from rankclip_jax.data.tfds_eval import EvalDataNotFound
-from rankclip_jax.data.webdataset import ShardError
-from rankclip_jax.interop.open_clip import ConversionError
-from rankclip_jax.interop.tensor_files import WeightFileError
+Every such error derives from `UserError` (and from the built-in error it refines, e.g.
+ValueError), so `except USER_ERRORS` catches each one, including any added later. This module
+imports nothing from the package: any module may raise these.
+"""
 
-USER_ERRORS = (ConfigError, DataPathError, ShardError, CsvFormatError, EvalDataNotFound,
-               ConversionError, WeightFileError)
+
+class UserError(Exception):
+  """What the user gave cannot work; the message names the field or file and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config field has a value that cannot work; the message names the field and the fix."""
+
+
+USER_ERRORS = (UserError,)

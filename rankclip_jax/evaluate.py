@@ -25,21 +25,11 @@ from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
 
-from rankclip_jax import checkpointing, cli, train
+from rankclip_jax import checkpointing, cli, reporting
+from rankclip_jax import sharding as shd
+from rankclip_jax.config_validation import validate_for_evaluation
 from rankclip_jax.errors import USER_ERRORS
-from rankclip_jax.evaluation import evaluators as evals_lib
-from rankclip_jax.evaluation.embed import Embedder
-
-
-def _for_evaluation(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Training-only settings adjusted so that a run trained on another device count validates
-  here (no training step is compiled or run)."""
-  n = jax.device_count()
-  config.batch_size = max(n, config.batch_size // n * n)
-  config.microbatches = 1
-  config.loss.chunk_size = 0
-  config.mesh.data, config.mesh.fsdp = -1, 1
-  return config
+from rankclip_jax.model_setup import ModelSetup
 
 
 def evaluate_run(workdir: str, *, step: Optional[int] = None,
@@ -47,35 +37,33 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
                  eval_data_dir: str = "") -> tuple[int, dict[str, Any]]:
   """Restores `step` (default: latest) of the run in `workdir`, runs the evaluators, writes the
   results (see the module docstring) and returns (step, metrics)."""
-  workdir = train.absolute_path(workdir)
+  workdir = checkpointing.absolute_path(workdir)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
                                     keep=1_000_000, async_save=False)
   try:
     step = ckpt.resolve_step(step)
-    config = _for_evaluation(ckpt.saved_config(step))
+    config = ckpt.saved_config(step)
     if evals is not None:
       config.evals = evals
     if eval_data_dir:
       config.data.eval_data_dir = eval_data_dir
-    trainer = train.Trainer(config)
-    evaluators = evals_lib.build_evaluators(config, trainer.tokenizer)
-    params = ckpt.restore_params(trainer.abstract_state_with_shardings().params, step=step)
+    validate_for_evaluation(config)
+    # All local devices, batch-parallel, whatever mesh trained the run.
+    setup = ModelSetup(config, mesh=shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1))))
+    evaluators = setup.evaluators()
+    params = setup.restore_params(ckpt, step)
   finally:
     ckpt.close()
-  metrics, pictures = evals_lib.split_pictures(evals_lib.run_evaluators(
-      evaluators, Embedder(trainer.model, trainer.mesh), params))
+  metrics, pictures = evaluators.run(setup.embedder(), params)
   if jax.process_index() == 0:
     out_dir = epath.Path(workdir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"results_{step}.json").write_text(
         json.dumps(dict(metrics, step=step), indent=2, sort_keys=True))
     (out_dir / f"results_{step}.md").write_text(
-        f"# Evaluation of {workdir} at step {step}\n\n{train.results_table(metrics)}\n")
-    train.save_pictures(workdir, step, pictures)
+        f"# Evaluation of {workdir} at step {step}\n\n{reporting.results_table(metrics)}\n")
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_scalars(step, metrics)
-  if pictures:
-    writer.write_images(step, {k: v[None] for k, v in pictures.items()})
+  reporting.write_evaluation(writer, workdir, step, metrics, pictures)
   writer.close()
   return step, metrics
 
@@ -100,9 +88,14 @@ def main(argv):
     raise SystemExit(f"Error: {e}") from None
   if jax.process_index() == 0:
     print(f"Evaluation of {os.path.abspath(_WORKDIR())} at step {step}:\n"
-          f"{train.results_table(metrics)}", flush=True)
+          f"{reporting.results_table(metrics)}", flush=True)
+
+
+def run():
+  """The `rankclip-evaluate` command."""
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  run()

@@ -13,8 +13,7 @@ wrote the checkpoint: Orbax reshards on restore.
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +21,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rankclip_jax import checkpointing
-from rankclip_jax import train
+from rankclip_jax import model_setup
 from rankclip_jax.data import images as image_ops
 from rankclip_jax.data import pipeline
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import metrics
-from rankclip_jax.models import build_model
 
 
 @dataclasses.dataclass
@@ -94,33 +91,6 @@ class LoadedModel:
     return np.concatenate(out) if out else np.zeros((0, self.model.sizes.embed_dim), np.float32)
 
 
-def restore_run(path: str, *, step: Optional[int] = None, device: Optional[jax.Device] = None,
-                check: Optional[Callable[[ml_collections.ConfigDict], None]] = None):
-  """(config, model, params, step) of a run's checkpoint (latest, or `step`): its saved config, the
-  Flax model it describes, and only its parameters, restored onto `device` (default: the first
-  local one), whatever mesh wrote them. `check(config)` runs before any parameter is read.
-
-  path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted by
-  `python -m rankclip_jax.convert` (the same layout).
-  """
-  directory, path_step = checkpointing.resolve_run(path)
-  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
-  try:
-    step = ckpt.resolve_step(path_step if step is None else step)
-    config = ckpt.saved_config(step)
-    if check is not None:
-      check(config)
-    model = build_model(config.model, context_length=config.context_length,
-                        logit_bias=config.loss.name in train.LOSSES_WITH_BIAS)
-    abstract = jax.eval_shape(lambda k: train.init_params(model, k, config), jax.random.key(0))
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-    params = ckpt.restore_params(checkpointing.abstract_with_shardings(
-        abstract, jax.tree.map(lambda _: sharding, abstract)), step)
-  finally:
-    ckpt.close()
-  return config, model, params, int(step)
-
-
 def load(path: str, *, step: Optional[int] = None,
          device: Optional[jax.Device] = None) -> LoadedModel:
   """Restores a run (latest checkpoint, or `step`) onto one device (default: the first local one).
@@ -129,6 +99,6 @@ def load(path: str, *, step: Optional[int] = None,
   OpenCLIP/OpenAI weights by `python -m rankclip_jax.convert` (the same layout). Only the
   parameters are read, not the optimizer state.
   """
-  config, model, params, step = restore_run(path, step=step, device=device)
-  return LoadedModel(model=model, params=params, config=config,
-                     tokenizer=ClipTokenizer(config.context_length), step=step)
+  config, setup, params, step = model_setup.restore_run(path, step=step, device=device)
+  return LoadedModel(model=setup.model, params=params, config=config, tokenizer=setup.tokenizer,
+                     step=step)

@@ -48,13 +48,8 @@ def frozen_mask(params, freeze_regex: str):
 
 def make_optimizer(optim_config, total_steps: int):
   """Returns (optax transformation, schedule). Parameters matching optim_config.freeze_regex get
-  no update and no optimizer state."""
+  no update and no optimizer state. The regexes are checked by config validation."""
   schedule = learning_rate_schedule(optim_config, total_steps)
-  for field in ("no_decay_regex", "freeze_regex"):
-    try:
-      re.compile(optim_config.get(field, ""))
-    except re.error as e:
-      raise ValueError(f"config.optim.{field} is not a valid regex: {e}") from e
   b1, b2 = optim_config.betas
   adamw = optax.adamw(
       schedule, b1=b1, b2=b2, eps=optim_config.eps, weight_decay=optim_config.weight_decay,

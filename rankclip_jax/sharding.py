@@ -100,9 +100,9 @@ def param_shardings(abstract_params, mesh: Mesh, rules: Sequence[tuple[str, str]
   """A tree of NamedShardings for `abstract_params` (arrays or ShapeDtypeStructs) from regex rules.
 
   Each parameter takes the policy of the first rule matching its path ('image/.../kernel');
-  parameters that match no rule are replicated.
+  parameters that match no rule are replicated. The rules are checked by config validation
+  (validate_rules).
   """
-  validate_rules(rules)
   fsdp_size = mesh.shape["fsdp"]
 
   def spec_for(path, leaf):

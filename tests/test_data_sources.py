@@ -16,6 +16,7 @@ from rankclip_jax.data.files import DataPathError, expand_braces, expand_paths
 from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.data.webdataset import ShardError, WebDatasetSource, scan_tar
+from rankclip_jax.data import records
 
 import data_fixtures as F
 
@@ -243,7 +244,7 @@ def test_pipeline_skips_and_counts_every_bad_example(tmp_path, kind):
     assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
     assert np.all(batch["text"][:, 0] == ClipTokenizer.sot_id)
     total += batch["skipped"].sum(0)
-  assert pipeline.skip_counts(total) == _expected_skips(kinds, len(src), seed=3, good_wanted=56)
+  assert records.skip_counts(total) == _expected_skips(kinds, len(src), seed=3, good_wanted=56)
   assert total.sum() > 0
 
 
@@ -281,7 +282,7 @@ def test_two_hosts_split_each_epoch_and_worker_processes_change_nothing(tmp_path
   for _ in range(2):
     it = pipeline.train_iterator(src, process_index=1, process_count=2, worker_count=2, **kw)
     got = [next(it) for _ in range(8)]  # 4 batches of 3 from each worker: > 1 epoch each
-    counts.append(pipeline.skip_counts(sum(b["skipped"].sum(0) for b in got)))
+    counts.append(records.skip_counts(sum(b["skipped"].sum(0) for b in got)))
   order = grain.MapDataset.range(len(src)).shuffle(seed=0).repeat(None)[1::2]
   expected = dict.fromkeys(SKIP_KINDS, 0)
   for w in range(2):
@@ -329,7 +330,7 @@ def test_training_from_csv_counts_skips_in_metrics_and_checkpoint(tmp_path):
   step, state = _final_state(config, str(tmp_path / "run"))
   assert step == 4
   expected = _expected_skips(kinds, len(src), seed=config.seed, good_wanted=4 * 16)
-  assert pipeline.skip_counts(state.data_skipped) == expected
+  assert records.skip_counts(state.data_skipped) == expected
   assert _logged_skips(str(tmp_path / "run")) == expected
 
 
@@ -352,7 +353,7 @@ def test_interrupted_training_on_tar_shards_resumes_where_it_stopped(tmp_path):
   assert step == 4
   expected = _expected_skips(kinds, len(src), seed=config.seed, good_wanted=4 * 16)
   assert sum(expected.values()) > 0
-  assert pipeline.skip_counts(state.data_skipped) == expected
+  assert records.skip_counts(state.data_skipped) == expected
   assert _logged_skips(workdir) == expected
   train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))
   _, full = _final_state(config, str(tmp_path / "uninterrupted"))

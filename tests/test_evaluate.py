@@ -115,13 +115,13 @@ def micro_model():
 def _run_evaluator(micro_model, name, entry, **data):
   import ml_collections
   from rankclip_jax.evaluation.embed import Embedder
-  from rankclip_jax.evaluation.evaluators import build_evaluators
+  from test_synthetic_evals import evaluators_of
   config, trainer, params = micro_model
   config = config.copy_and_resolve_references()
   config.evals = ml_collections.ConfigDict({name: entry})
   for k, v in data.items():
     config.data[k] = v
-  ev = build_evaluators(config, trainer.tokenizer)[name]
+  ev = evaluators_of(config, trainer.tokenizer)[name]
   return ev.run(Embedder(trainer.model, trainer.mesh), params)
 
 

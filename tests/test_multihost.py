@@ -137,7 +137,7 @@ def test_two_processes_count_every_skipped_example_of_a_csv(tmp_path):
   p of 2 takes examples p, p + 2, ... of the shuffled epoch): the skip counts in the train state
   and in TensorBoard are the sum over both processes of the bad rows each met, derived here from
   grain's epoch order independently of the pipeline."""
-  from rankclip_jax.data import pipeline
+  from rankclip_jax.data import records
   from rankclip_jax.data.records import SKIP_KINDS
   from tests.test_data_sources import _expected_skips, _final_state, _make, _real_data_config
   src, kinds = _make("csv", tmp_path, num_good=16)
@@ -153,7 +153,7 @@ def test_two_processes_count_every_skipped_example_of_a_csv(tmp_path):
   assert sum(expected.values()) > 4  # more than one epoch: some bad rows were met twice
   step, state = _final_state(_real_data_config("csv", src.files[0]), str(workdir))
   assert step == 2
-  assert pipeline.skip_counts(state.data_skipped) == expected
+  assert records.skip_counts(state.data_skipped) == expected
   assert {k: int(logged(workdir, f"data/skipped/{k}")[2]) for k in SKIP_KINDS} == expected
 
 

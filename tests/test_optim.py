@@ -1,4 +1,4 @@
-"""The optimizer as the README describes it (rankclip_jax/optim.py through train.train_step): no
+"""The optimizer as the README describes it (rankclip_jax/optim.py through step.train_step): no
 weight decay on norms, biases, the logit scale, position embeddings and the class token; linear
 warmup then cosine; the logit scale's parameter clamped after every update; frozen parameters
 untouched."""
@@ -12,7 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from rankclip_jax import optim, train
+from rankclip_jax import optim
+from rankclip_jax import step as step_lib
+from rankclip_jax.model_setup import init_params
 from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.models import build_model
 from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX
@@ -32,7 +34,8 @@ def real_param_shapes(layout="default"):
   overrides, logit_bias = LAYOUTS[layout]
   c = micro_config(**overrides)
   model = build_model(c.model, context_length=c.context_length, logit_bias=logit_bias)
-  return jax.eval_shape(lambda rng: train.init_params(model, rng, c), jax.random.key(0))
+  return jax.eval_shape(lambda rng: init_params(model, rng, image_size=c.image_size,
+                                                    context_length=c.context_length), jax.random.key(0))
 
 
 def random_params(shapes, seed=0):
@@ -131,7 +134,7 @@ def test_schedule_is_linear_warmup_then_cosine():
 
 
 class StandInModel:
-  """Stands in for TwoTowers in train.train_step, at a fraction of its compile time: same apply()
+  """Stands in for TwoTowers in step.train_step, at a fraction of its compile time: same apply()
   signature and outputs, each tower's embedding a smooth function of every one of its parameters
   (so every leaf gets a non-zero gradient), the logit scale returned as it is (unclamped, so that
   the loss below can push it past the maximum)."""
@@ -152,11 +155,11 @@ def stand_in_objective(image_emb, text_emb, logit_scale, logit_bias, step):
 
 
 def stand_in_step(config):
-  """(tx, init: params -> TrainState, step: train.train_step with the stand-in), jitted."""
+  """(tx, init: params -> TrainState, step: step.train_step with the stand-in), jitted."""
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  init = jax.jit(lambda params: train.init_state(None, tx, None, config, params=params))
+  init = jax.jit(lambda params: step_lib.init_state(tx, params))
   step = jax.jit(functools.partial(
-      train.train_step, model=StandInModel(), tx=tx, schedule=schedule,
+      step_lib.train_step, model=StandInModel(), tx=tx, schedule=schedule,
       objective=stand_in_objective, freeze_regex=config.optim.freeze_regex))
   return tx, init, step
 

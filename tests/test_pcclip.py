@@ -13,14 +13,15 @@ from PIL import Image
 from configs import pcclip_synthetic
 from rankclip_jax import checkpointing, evaluate, train
 from rankclip_jax.config_validation import ConfigError, validate_config
-from rankclip_jax.data import pairs, pipeline
+from rankclip_jax.data.csv_files import CsvFormatError
+from rankclip_jax.data import pairs
 from rankclip_jax.data import synthetic as S
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.evaluation import comparative
-from rankclip_jax.evaluation.evaluators import build_evaluators
 from rankclip_jax.evaluation.metrics import normalize
-from test_synthetic_evals import (IMAGE_SIZE, TOKENIZER, TableEmbedder, demo_config, image_table,
-                                  scenes_of, unit)
+from rankclip_jax.data import records
+from test_synthetic_evals import (IMAGE_SIZE, TableEmbedder, demo_config, evaluators_of,
+                                  image_table, scenes_of, unit)
 
 
 def test_synthetic_pair_captions_are_true():
@@ -77,11 +78,17 @@ def test_csv_pairs_skip_bad_rows_and_count_them(tmp_path):
   kinds = [None, "missing_file", "empty_caption", "unreadable_image"]
   expected = _expected_skips([kinds[i % 4] for i in range(len(source))], len(source), seed=seed,
                              good_wanted=4)
-  assert pipeline.skip_counts(total) == expected
+  assert records.skip_counts(total) == expected
   assert sum(expected.values()) > 0
-  with pytest.raises(pairs.CsvPairsError, match="no column 'image_b'"):
+  with pytest.raises(CsvFormatError, match="no column 'image_b'.*image_key=<a_column>,<b_column>"):
     (tmp_path / "bad.csv").write_text("image_a,caption\na.png,x\n")
     pairs.CsvPairs(str(tmp_path / "bad.csv"))
+  # Read by the CSV reader of (image, caption) files: a byte-order mark (Excel's "UTF-8 CSV") and
+  # a .tsv's tab delimiter are understood.
+  (tmp_path / "bom.tsv").write_text("\ufeffimage_a\timage_b\tcaption\na.png\tb.png\tz\n",
+                                    encoding="utf-8")
+  bom = pairs.CsvPairs(str(tmp_path / "bom.tsv"))
+  assert len(bom) == 1 and bom[0]["caption"] == "z" and bom[0]["image_b"].shape == (24, 24, 3)
 
 
 def test_comparative_prompting_and_spearman_known_answers():
@@ -109,7 +116,7 @@ def test_comparative_prompting_in_the_zero_shot_evaluator_known_answer():
               num_examples=24, seed=0)
   cfgs = {"plain": base, "comparative": dict(base, comparative_alpha=alpha,
                                              comparative_template=template)}
-  evs = build_evaluators(demo_config(cfgs), TOKENIZER)
+  evs = evaluators_of(demo_config(cfgs))
   c = len(S.SHAPES)
   d = 2 * c + 1  # e_0..e_7, w_0..w_7, junk
   e, w, junk = (lambda k: unit(d, k)), (lambda k: unit(d, c + k)), unit(d, 2 * c)
@@ -148,9 +155,8 @@ def test_pairwise_evaluator_known_accuracies():
   different norms per image. accuracy = mean(c_i > 0), vs_opposite = mean(c_i > o_i), per
   attribute too. 23 pairs in batches of 5: the last batch is padded."""
   n = 23
-  ev = build_evaluators(demo_config({"pairwise": dict(kind="pairwise", split="test",
-                                                      num_examples=n, seed=0)}),
-                        TOKENIZER)["pairwise"]
+  ev = evaluators_of(demo_config({"pairwise": dict(kind="pairwise", split="test",
+                                                   num_examples=n, seed=0)}))["pairwise"]
   examples = [pairs.SyntheticPairs(n, seed=0, split="test", image_size=IMAGE_SIZE)[i]
               for i in range(n)]
   strings = list(dict.fromkeys(s for ex in examples for s in (ex["caption"], ex["opposite"])))
@@ -184,9 +190,8 @@ def test_attribute_ranking_evaluator_known_spearman():
   size increasing (+1), count decreasing with its ties (-1), horizontal and vertical a planted
   permutation of the true order (Spearman by the no-ties formula 1 - 6 sum d^2 / (n (n^2 - 1)))."""
   n = 12
-  ev = build_evaluators(demo_config({"ranking": dict(kind="attribute_ranking", split="test",
-                                                     num_examples=n, seed=0)}),
-                        TOKENIZER)["ranking"]
+  ev = evaluators_of(demo_config({"ranking": dict(kind="attribute_ranking", split="test",
+                                                  num_examples=n, seed=0)}))["ranking"]
   directions = {  # the captions "the first image has more of it", written out
       "size": "the first image shows a larger shape than the second.",
       "count": "the first image has more shapes than the second.",

@@ -7,6 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from rankclip_jax import sharding as shd
+from rankclip_jax.config_validation import ConfigError, validate_config
+from test_train import micro_config
 
 
 def mesh_cfg(data, fsdp):
@@ -59,9 +61,13 @@ def test_fsdp_falls_back_to_a_divisible_dimension():
     ((("(", "fsdp"),), "bad regex"),
 ])
 def test_bad_rules_are_rejected(rules, match):
-  mesh = shd.make_mesh(mesh_cfg(-1, 1))
   with pytest.raises(ValueError, match=match):
-    shd.param_shardings({"w": jax.ShapeDtypeStruct((8,), jnp.float32)}, mesh, rules)
+    shd.validate_rules(rules)
+  # Before any work: config validation reports them as a config error.
+  c = micro_config()
+  c.sharding.rules = rules
+  with pytest.raises(ConfigError, match=f"config.sharding.rules.*{match}"):
+    validate_config(c, num_devices=8, process_count=1)
 
 
 def test_optimizer_state_mirrors_param_shardings():

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from rankclip_jax.data import synthetic as S
+from rankclip_jax.data.synthetic.render import _SDF
+from rankclip_jax.data.synthetic.vocabulary import _BG_COMPATIBLE, _EXTENT
+from synthetic_helpers import MAIN_OBJECT_TEMPLATES, NUM_COMBOS, object_coverage, scene_for
 
 N_COLOURS = len(S.COLOURS)
 POSITION_RE = re.compile(r"(on the (?:left|right)|at the (?:top|bottom)|in the centre|"
@@ -67,7 +70,7 @@ def caption_problems(caption: str, scene: S.Scene, template: str | None = None) 
                     f"{S.BACKGROUND_NAMES[scene.background.colour]!r}")
   if "only" in words and len(colours) != 1:
     problems.append(f"'only' one colour but the scene has {colours}")
-  if template in S.MAIN_OBJECT_TEMPLATES:
+  if template in MAIN_OBJECT_TEMPLATES:
     main_c, main_s = S.COLOUR_NAMES[scene.main.colour], S.SHAPES[scene.main.shape]
     if set(said_colours) - {main_c} or set(said_shapes) - {main_s}:
       problems.append(f"template {template} does not describe the main object {main_c} {main_s}")
@@ -82,7 +85,7 @@ def caption_problems(caption: str, scene: S.Scene, template: str | None = None) 
 
 def scenes(split="train", n=300, **kw):
   src = S.SyntheticScenes(num_records=n, split=split, **kw)
-  return [src.scene_for(i) for i in range(n)]
+  return [scene_for(src, i) for i in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def test_example_keys_shapes_and_dtypes():
 def test_labels_describe_the_main_object_which_is_strictly_largest():
   src = S.SyntheticScenes(num_records=200, min_objects=1, max_objects=3)
   for i in range(0, 200, 5):
-    scene, ex = src.scene_for(i), src[i]
+    scene, ex = scene_for(src, i), src[i]
     main = scene.main
     assert (ex["shape"], ex["colour"], ex["count"]) == (main.shape, main.colour, scene.count)
     for other in scene.objects[1:]:
@@ -152,12 +155,13 @@ def test_determinism():
   assert not np.array_equal(a[7]["image"], a[8]["image"])
   # The scene depends on neither the image size nor the caption mode; 'full' is full_caption.
   full = S.SyntheticScenes(num_records=100, seed=3, image_size=32, caption_mode="full")
-  assert full.scene_for(7) == a.scene_for(7)
-  assert full[7]["caption"] == S.full_caption(a.scene_for(7))
+  assert scene_for(full, 7) == scene_for(a, 7)
+  assert full[7]["caption"] == S.full_caption(scene_for(a, 7))
   assert full[7]["image"].shape == (32, 32, 3)
+  np.testing.assert_array_equal(S.render_scene(scene_for(a, 7), 32), full[7]["image"])
   # scene_for(i) is the scene that source[i] shows (one sampling path): its rendering is the image.
   for i in (0, 7, 42):
-    np.testing.assert_array_equal(S.render_scene(a.scene_for(i), a.image_size), a[i]["image"])
+    np.testing.assert_array_equal(S.render_scene(scene_for(a, i), a.image_size), a[i]["image"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -179,17 +183,20 @@ def test_constructor_validation(kwargs, match):
 
 
 def test_zero_shot_task_validation():
-  with pytest.raises(ValueError, match="task"):
+  with pytest.raises(ValueError, match=r"task='size'; choose one of \('shape', 'colour', "
+                                       r"'count', 'combo'\)"):
     S.zero_shot_task("size")
   with pytest.raises(ValueError, match="max_objects"):
-    S.count_names(1, S.MAX_OBJECTS + 1)
+    S.count_phrases(1, S.MAX_OBJECTS + 1)
+  with pytest.raises(ValueError, match="max_objects"):
+    S.zero_shot_task("count", max_objects=S.MAX_OBJECTS + 1)
 
 
 @pytest.mark.parametrize("split", ["train", "test", "held_out"])
 def test_random_captions_are_true(split):
   src = S.SyntheticScenes(num_records=400, split=split)
   for i in range(400):
-    caption, scene = src[i]["caption"], src.scene_for(i)
+    caption, scene = src[i]["caption"], scene_for(src, i)
     assert not caption_problems(caption, scene), (caption, scene, caption_problems(caption, scene))
 
 
@@ -220,7 +227,7 @@ def test_splits_respect_held_out_combos():
   for split in ("train", "test"):
     src = S.SyntheticScenes(num_records=400, split=split, max_objects=3)
     for i in range(400):
-      scene = src.scene_for(i)
+      scene = scene_for(src, i)
       for o in scene.objects:
         assert (o.shape, o.colour) not in S.HELD_OUT_COMBOS, (split, i, o)
         seen_shapes.add(o.shape)
@@ -229,11 +236,11 @@ def test_splits_respect_held_out_combos():
     assert not any(src[i]["combo"] in held_indices for i in range(20))
   # Every shape and colour is still trained on; the non-held-out combos all appear.
   assert seen_shapes == set(range(len(S.SHAPES))) and seen_colours == set(range(N_COLOURS))
-  assert seen_combos == set(range(S.NUM_COMBOS)) - held_indices
+  assert seen_combos == set(range(NUM_COMBOS)) - held_indices
   src = S.SyntheticScenes(num_records=300, split="held_out", max_objects=3)
   held_seen = set()
   for i in range(300):
-    scene = src.scene_for(i)
+    scene = scene_for(src, i)
     assert all((o.shape, o.colour) in S.HELD_OUT_COMBOS for o in scene.objects), (i, scene)
     held_seen.add(scene.main.combo)
   assert held_seen == held_indices
@@ -245,7 +252,7 @@ def test_object_colour_at_its_centre():
   checked = 0
   for scene in scenes(n=120, max_objects=3):
     img = S.render_scene(scene, size).astype(np.float32)
-    cover = [S.object_coverage(o, size) for o in scene.objects]
+    cover = [object_coverage(o, size) for o in scene.objects]
     for k, o in enumerate(scene.objects):
       # Inside every shape: the centre, except for the ring (a point on its band).
       dx = 0.71 * o.radius if S.SHAPES[o.shape] == "ring" else 0.0
@@ -272,7 +279,7 @@ def test_position_phrase(x, y, phrase):
   obj = S.SceneObject(shape=0, colour=0, size=0, radius=0.1, x=x, y=y)
   assert S.position_phrase(obj) == phrase
   # ... and the rendered object really is there (centroid of its pixels, x to the right, y down).
-  cov = S.object_coverage(obj, 64)
+  cov = object_coverage(obj, 64)
   ys, xs = np.nonzero(cov > 0.5)
   assert abs(xs.mean() + 0.5 - x * 64) < 1.5 and abs(ys.mean() + 0.5 - y * 64) < 1.5
 
@@ -280,7 +287,7 @@ def test_position_phrase(x, y, phrase):
 def test_shape_orientation_and_extent():
   def mask(shape, x=0.5, y=0.5, radius=0.2):
     obj = S.SceneObject(shape=S.SHAPES.index(shape), colour=0, size=2, radius=radius, x=x, y=y)
-    return S.object_coverage(obj, 64) > 0.5
+    return object_coverage(obj, 64) > 0.5
   rows = lambda m: m.sum(axis=1)[m.any(axis=1)]
   assert rows(mask("triangle"))[0] < rows(mask("triangle"))[-1] / 3  # points up
   assert rows(mask("heart"))[0] > rows(mask("heart"))[-1] * 2  # point down
@@ -288,9 +295,9 @@ def test_shape_orientation_and_extent():
   grid = np.linspace(-1.5, 1.5, 601, dtype=np.float32)
   u, v = np.meshgrid(grid, grid)
   for shape in S.SHAPES:
-    inside = S._SDF[shape](u, v, 1.0) <= 0
-    assert np.hypot(u[inside], v[inside]).max() <= S._EXTENT[shape], shape
-    assert np.hypot(u[inside], v[inside]).max() > S._EXTENT[shape] - 0.05, shape  # and is tight
+    inside = _SDF[shape](u, v, 1.0) <= 0
+    assert np.hypot(u[inside], v[inside]).max() <= _EXTENT[shape], shape
+    assert np.hypot(u[inside], v[inside]).max() > _EXTENT[shape] - 0.05, shape  # and is tight
     # The render patch cuts nothing off: coverage equals the distance field on the whole image.
     obj = S.SceneObject(shape=S.SHAPES.index(shape), colour=0, size=2, radius=0.22, x=0.4, y=0.55,
                         angle=0.2)
@@ -298,18 +305,18 @@ def test_shape_orientation_and_extent():
     dx = np.arange(size, dtype=np.float32)[None, :] + 0.5 - obj.x * size
     dy = np.arange(size, dtype=np.float32)[:, None] + 0.5 - obj.y * size
     c, s = np.cos(obj.angle), np.sin(obj.angle)
-    full = np.clip(0.5 - S._SDF[shape](c * dx + s * dy, -s * dx + c * dy, obj.radius * size), 0, 1)
-    np.testing.assert_allclose(S.object_coverage(obj, size), full, atol=1e-3, err_msg=shape)
+    full = np.clip(0.5 - _SDF[shape](c * dx + s * dy, -s * dx + c * dy, obj.radius * size), 0, 1)
+    np.testing.assert_allclose(object_coverage(obj, size), full, atol=1e-3, err_msg=shape)
 
 
 def test_objects_visible_inside_the_image_and_almost_never_overlapping():
   phrases, backgrounds = set(), set()
   overlapping = 0
   for scene in scenes(n=300, min_objects=2, max_objects=3):
-    masks = [S.object_coverage(o, 64) > 0.5 for o in scene.objects]
+    masks = [object_coverage(o, 64) > 0.5 for o in scene.objects]
     backgrounds.add((scene.background.colour, scene.background.kind))
     for o, m in zip(scene.objects, masks):
-      assert S._BG_COMPATIBLE[scene.background.colour, o.colour]  # contrasts with the background
+      assert _BG_COMPATIBLE[scene.background.colour, o.colour]  # contrasts with the background
       assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())  # not clipped
       assert m.sum() > 30
       phrases.add(S.position_phrase(o))
@@ -327,7 +334,7 @@ def test_shapes_have_distinct_masks_and_render_matches_coverage():
   masks = []
   for s in range(len(S.SHAPES)):
     obj = S.SceneObject(shape=s, colour=0, size=2, radius=0.2, x=0.5, y=0.5)
-    cov = S.object_coverage(obj, size)
+    cov = object_coverage(obj, size)
     mask = cov > 0.5
     area = mask.sum() / (0.2 * size) ** 2  # in units of radius^2
     assert 1.0 < area < 3.2, (S.SHAPES[s], area)
@@ -370,7 +377,7 @@ def test_caption_diversity_and_many_to_many():
 
   src = S.SyntheticScenes(num_records=500)
   captions = [src[i]["caption"] for i in range(500)]
-  all_scenes = [src.scene_for(i) for i in range(500)]
+  all_scenes = [scene_for(src, i) for i in range(500)]
   counts = collections.Counter(captions)
   assert len(counts) >= 200, len(counts)
   shared = sum(v for v in counts.values() if v > 1)
@@ -385,10 +392,10 @@ def test_caption_diversity_and_many_to_many():
 
 def test_zero_shot_names_and_prompts_match_captions():
   assert S.shape_names() == list(S.SHAPES) and S.colour_names() == list(S.COLOUR_NAMES)
-  assert S.count_names() == ["one", "two", "three"]
-  assert S.count_names(2, 4) == ["two", "three", "four"]
+  assert S.count_phrases() == ["one shape", "two shapes", "three shapes"]
+  assert S.count_phrases(2, 4) == ["two shapes", "three shapes", "four shapes"]
   combos = S.combo_names()
-  assert len(combos) == S.NUM_COMBOS == 64
+  assert len(combos) == NUM_COMBOS == 64
   assert combos[S.combo_index(3, 5)] == f"{S.COLOUR_NAMES[5]} {S.SHAPES[3]}"
   # Every task's prompt template, filled with a class name, is a caption the generator writes.
   rng = np.random.default_rng(0)
@@ -398,9 +405,10 @@ def test_zero_shot_names_and_prompts_match_captions():
       for _ in range(4):
         generated.add(S.random_caption(scene, rng))
   src = S.SyntheticScenes(num_records=4)
+  assert S.ZERO_SHOT_TASKS.names() == ("shape", "colour", "count", "combo")
   for task in S.ZERO_SHOT_TASKS:
     classnames, templates, key, offset = S.zero_shot_task(task)
-    assert key in src[0] and len(templates) >= 2
+    assert key in src[0] and len(templates) >= 2 and templates == S.PROMPTS[task]
     assert len(classnames) == {"shape": 8, "colour": 8, "count": 3, "combo": 64}[task]
     for t in templates:
       assert "{}" in t
@@ -425,7 +433,7 @@ def test_monochrome_examples_are_grey_with_colourless_captions():
     # Same scene as without monochrome: the labels still describe it.
     assert ex["shape"] == plain[i]["shape"] and ex["count"] == plain[i]["count"]
     # The main object stays visible: its pixels differ clearly from the rest of the image.
-    cov = S.object_coverage(src.scene_for(i).main, src.image_size)
+    cov = object_coverage(scene_for(src, i).main, src.image_size)
     inside, outside = img[..., 0][cov > 0.99], img[..., 0][cov == 0]
     assert abs(inside.mean() - np.median(outside)) > 60
   assert 70 <= n_mono <= 130

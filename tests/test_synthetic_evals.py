@@ -1,22 +1,32 @@
 """The synthetic evaluations behind the demo's results table (configs.common.synthetic_evals), built
 by build_evaluators and run on hand-built embeddings: each answer is computed here by brute force
 from the scenes and the planted embeddings, independently of evaluation/metrics.py and
-diagnostics.py."""
+diagnostics.py. Also the evaluator registry, its builders' strict fields and the schedule."""
 
+import inspect
 import itertools
 import math
+import os
 
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import common
+from configs import pcclip_synthetic, rankclip_synthetic
+from rankclip_jax.data import pairs as pairs_lib
 from rankclip_jax.data import synthetic as S
+from rankclip_jax.data import tfds_eval
+from rankclip_jax.data.files import DataPathError
 from rankclip_jax.data.pipeline import normalize_image
 from rankclip_jax.data.tokenizer import ClipTokenizer
+from rankclip_jax.config_validation import validate_config
+from rankclip_jax.errors import ConfigError
+from rankclip_jax.evaluation import comparative
+from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.evaluation.embed import Embedder
-from rankclip_jax.evaluation.evaluators import build_evaluators
-from test_train import micro_config
+from rankclip_jax.evaluation.evaluators import EVALUATORS, build_evaluators
+from synthetic_helpers import scene_for
 
 IMAGE_SIZE = 32
 NUM_EXAMPLES = 24
@@ -68,14 +78,23 @@ def unit(d, i):
 
 
 def demo_config(evals):
-  c = micro_config()
+  c = rankclip_synthetic.get_config()
   c.image_size, c.eval_batch_size = IMAGE_SIZE, 5  # batches of 5: the last one padded
+  c.eval_every_steps = 1000
   c.evals = ml_collections.ConfigDict(evals)
   return c
 
 
+def evaluators_of(config, tokenizer=TOKENIZER):
+  """build_evaluators called as the entry points call it, from a whole config."""
+  return build_evaluators(config.evals, tokenizer=tokenizer, image_size=config.image_size,
+                          batch_size=config.eval_batch_size,
+                          eval_data_dir=config.data.eval_data_dir,
+                          every_steps=config.eval_every_steps)
+
+
 def evaluator(name, cfg):
-  return build_evaluators(demo_config({name: cfg}), TOKENIZER)[name]
+  return evaluators_of(demo_config({name: cfg}))[name]
 
 
 def scenes_of(cfg, caption_mode="random"):
@@ -83,7 +102,7 @@ def scenes_of(cfg, caption_mode="random"):
   src = S.SyntheticScenes(num_records=cfg["num_examples"], seed=cfg["seed"], split=cfg["split"],
                           image_size=IMAGE_SIZE, min_objects=cfg["min_objects"],
                           max_objects=cfg["max_objects"], caption_mode=caption_mode)
-  return [src.scene_for(i) for i in range(len(src))], [src[i] for i in range(len(src))]
+  return [scene_for(src, i) for i in range(len(src))], [src[i] for i in range(len(src))]
 
 
 # ------------------------------------------------------------------------------------- zero-shot
@@ -228,9 +247,16 @@ def test_diagnostics_known_answers():
   n, d = len(examples), 6
   image = rng.normal(size=(n, d)) + 2 * unit(d, 0)
   text = 0.5 * image + rng.normal(size=(n, d)) - 2 * unit(d, 1)  # related, with a gap
-  ev = evaluator("diagnostics", cfg)
-  out = ev.run(TableEmbedder(image_table([e["image"] for e in examples], image),
-                             dict(zip(captions, text))), None)
+  evs = evaluators_of(demo_config({"diagnostics": cfg}))
+  embedder = TableEmbedder(image_table([e["image"] for e in examples], image),
+                           dict(zip(captions, text)))
+  out = evs["diagnostics"].run(embedder, None)
+  # Evaluators.run gives the same metrics, the picture apart from the scalars.
+  scalars, pictures = evs.run(embedder, None)
+  assert list(pictures) == ["diagnostics/embedding_space"]
+  np.testing.assert_array_equal(pictures["diagnostics/embedding_space"],
+                                out["diagnostics/embedding_space"])
+  assert scalars == {k: v for k, v in out.items() if k != "diagnostics/embedding_space"}
 
   im = image / np.linalg.norm(image, axis=1, keepdims=True)
   tx = text / np.linalg.norm(text, axis=1, keepdims=True)
@@ -259,3 +285,138 @@ def test_diagnostics_known_answers():
   assert want["diagnostics/modality_gap"] > 0.5
   assert 0.1 < want["diagnostics/cross_spearman"] < 0.95
   assert 0.1 < want["diagnostics/inmodal_spearman"] < 0.95
+
+
+# ------------------------------------------------------------------ registry, fields and schedule
+
+class _Fixed:
+  """An evaluator that returns the metrics it was given."""
+
+  def __init__(self, metrics):
+    self.metrics, self.calls = metrics, 0
+
+  def run(self, embedder, params):
+    del embedder, params
+    self.calls += 1
+    return dict(self.metrics)
+
+
+def test_evaluator_registry_builders_fields_and_schedule(monkeypatch, tmp_path):
+  """EVALUATORS is the one list of kinds; every entry of the demo's evaluations builds into its
+  kind's evaluator from its own fields; each entry runs every its own every_steps (0 or absent:
+  the default); a builder's fields are its keywords, so an unknown one is an error."""
+  assert EVALUATORS.names() == ("zero_shot", "retrieval", "diagnostics", "linear_probe",
+                                "pairwise", "attribute_ranking")
+  evals = common.synthetic_evals(NUM_EXAMPLES).to_dict()
+  evals["zs_colour"]["every_steps"] = 3
+  evals["retrieval"]["every_steps"] = 0  # 0: the default
+  config = demo_config(evals)
+  config.eval_every_steps = 4
+  evs = evaluators_of(config)
+  assert evs.names == tuple(evals) == tuple(evs) and len(evs) == len(evals) == 6
+  classes = {"zero_shot": evals_lib.ZeroShotEvaluator, "retrieval": evals_lib.RetrievalEvaluator,
+             "diagnostics": evals_lib.DiagnosticsEvaluator}
+  for name, entry in evals.items():
+    ev = evs[name]
+    assert type(ev) is classes[entry["kind"]] and ev.name == name, name
+    assert (ev.batch_size, ev.image_size, ev.tokenizer) == (5, IMAGE_SIZE, TOKENIZER), name
+    caption_mode = "random" if entry["kind"] == "zero_shot" else "full"
+    assert ev.source == S.SyntheticScenes(
+        num_records=NUM_EXAMPLES, seed=0, split=entry["split"], image_size=IMAGE_SIZE,
+        min_objects=entry["min_objects"], max_objects=entry["max_objects"],
+        caption_mode=caption_mode), name
+  assert evs["zs_count"].label_offset == 1 and evs["zs_shape"].comparative_alpha == 0.0
+
+  # The schedule: zs_colour every 3 steps, the others every 4 (the default).
+  others = tuple(n for n in evals if n != "zs_colour")
+  assert evs.periods == {n: 3 if n == "zs_colour" else 4 for n in evals}
+  assert evs.due(12) == tuple(evals) and evs.due(0) == tuple(evals)
+  assert evs.due(3) == evs.due(9) == ("zs_colour",)
+  assert evs.due(4) == evs.due(8) == others
+  assert evs.due(5) == evs.due(7) == ()
+  config.eval_every_steps = 5  # the default is read when the evaluators are built
+  assert evaluators_of(config).due(5) == others and evs.due(5) == ()
+
+  # PC-CLIP's evaluations; comparative prompting through the constructor.
+  pc = evaluators_of(demo_config(pcclip_synthetic.pcclip_evals(20).to_dict()))
+  assert {n: type(ev) for n, ev in pc.items()} == {
+      "pairwise": comparative.PairwiseEvaluator, "ranking": comparative.AttributeRankingEvaluator,
+      "zs_shape": evals_lib.ZeroShotEvaluator, "zs_shape_comparative": evals_lib.ZeroShotEvaluator}
+  assert pc["pairwise"].source == pairs_lib.SyntheticPairs(20, seed=0, split="test",
+                                                           image_size=IMAGE_SIZE)
+  assert (pc["ranking"].num_examples, pc["ranking"].split, pc["ranking"].seed) == (5, "test", 0)
+  assert pc["zs_shape"].comparative_alpha == 0.0
+  assert (pc["zs_shape_comparative"].comparative_alpha,
+          pc["zs_shape_comparative"].comparative_template) == (0.85, "a {} differs from a {} in "
+                                                               "shape.")
+  zs = evaluator("zs", dict(evals["zs_shape"], comparative_alpha=0.5,
+                            comparative_template="a {} is not a {}."))
+  assert (zs.comparative_alpha, zs.comparative_template) == (0.5, "a {} is not a {}.")
+
+  # A builder's signature is strict: an unknown field is a TypeError, for every kind ...
+  ctx = evals_lib.EvalContext(TOKENIZER, IMAGE_SIZE, 5, "/nowhere")
+  fields = {k: v for k, v in evals["zs_shape"].items() if k != "kind"}
+  assert isinstance(EVALUATORS.get("zero_shot")("zs", ctx, **fields), evals_lib.ZeroShotEvaluator)
+  with pytest.raises(TypeError, match="num_exampels"):
+    EVALUATORS.get("zero_shot")("zs", ctx, **fields, num_exampels=3)
+  for kind, builder in EVALUATORS.items():
+    with pytest.raises(TypeError, match="no_such_field"):
+      builder("x", ctx, no_such_field=1)
+    assert set(evals_lib.kind_fields(kind)) == {
+        p for p in inspect.signature(builder).parameters if p not in ("name", "ctx")}
+  # ... and config validation (before any work) says which entry, which field and the kind's fields.
+  def validated(name, cfg):
+    validate_config(demo_config({name: cfg}), num_devices=8, process_count=1)
+  with pytest.raises(ConfigError, match=r"config.evals.zs: zero_shot has no field "
+                                        r"'num_exampels'; its fields: kind, every_steps, dataset"):
+    validated("zs", dict(evals["zs_shape"], num_exampels=3))
+  with pytest.raises(ConfigError, match=r"config.evals.p: pairwise needs 'num_examples'"):
+    validated("p", dict(kind="pairwise", split="test"))
+  with pytest.raises(ConfigError, match=r"config.evals.x.kind='nope'; choose one of \('zero_shot'"):
+    validated("x", dict(kind="nope"))
+  with pytest.raises(ConfigError, match=r"config.evals.zs.every_steps=-1 must be >= 0"):
+    validated("zs", dict(evals["zs_shape"], every_steps=-1))
+  # The registry's lookup in build_evaluators names the entry too.
+  with pytest.raises(ConfigError, match=r"config.evals.x.kind='nope'"):
+    evaluator("x", dict(kind="nope"))
+
+  # Real sources are built (and checked) here: diagnostics on the first rows of a CSV source
+  # (sources.make_source, field named), and a TFDS set that is not prepared is an error now.
+  rows = "".join(f"{tmp_path}/im{i}.png,caption {i}\n" for i in range(5))
+  (tmp_path / "pairs.csv").write_text("image,caption\n" + rows)
+  diag = evaluator("diag", dict(kind="diagnostics", num_examples=3,
+                                data=common.data_source("csv", path=str(tmp_path / "pairs.csv"))))
+  assert type(diag) is evals_lib.DiagnosticsEvaluator and len(diag.source) == 3
+  assert diag.source.source.captions[4] == "caption 4"
+  with pytest.raises(DataPathError, match=r"config.evals.diag.data.path=.*matches no file"):
+    evaluator("diag", dict(kind="diagnostics", num_examples=3,
+                           data=common.data_source("csv", path=str(tmp_path / "none.csv"))))
+  for entry in (common.tfds_zero_shot("cifar10"), common.linear_probe("cifar10")):
+    config = demo_config({"cifar10": entry})
+    config.data.eval_data_dir = str(tmp_path / "empty")
+    with pytest.raises(tfds_eval.EvalDataNotFound, match="'cifar10'.*is not prepared under "
+                                                         f"data_dir '{tmp_path}/empty'"):
+      evaluators_of(config)
+
+  # Where TFDS sets are looked for: the given directory, else $TFDS_DATA_DIR, else TFDS's default.
+  monkeypatch.setenv("TFDS_DATA_DIR", "/env/tfds")
+  assert evals_lib.eval_data_dir("/data/tfds") == "/data/tfds"
+  assert evals_lib.eval_data_dir("") == "/env/tfds"
+  monkeypatch.delenv("TFDS_DATA_DIR")
+  assert evals_lib.eval_data_dir("") == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_evaluators_run_all_or_the_named_ones_pictures_apart():
+  picture, curve = np.zeros((4, 4, 3), np.uint8), np.arange(6.0).reshape(2, 3)
+  a = _Fixed({"a/top1": 0.5, "a/space": picture, "a/curve": curve})
+  b = _Fixed({"b/recall": 0.25})
+  evs = evals_lib.Evaluators({"a": a, "b": b}, {"a": 2, "b": 3})
+  scalars, pictures = evs.run(None, None)
+  assert list(pictures) == ["a/space"] and pictures["a/space"] is picture
+  assert scalars == {"a/top1": 0.5, "a/curve": curve, "b/recall": 0.25}  # 2-D: not a picture
+  assert evs.run(None, None, names=evs.due(3)) == ({"b/recall": 0.25}, {})
+  assert (a.calls, b.calls) == (1, 2)
+  assert evs.run(None, None, names=()) == ({}, {})
+  with pytest.raises(KeyError, match="'c'"):
+    evs.run(None, None, names=["c"])
+  assert dict(evs.items()) == {"a": a, "b": b} and "a" in evs and "c" not in evs

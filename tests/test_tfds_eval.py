@@ -196,7 +196,7 @@ def test_zero_shot_evaluation_on_a_tfds_set_written_here(tmp_path):
   from configs import common
   from rankclip_jax import train
   from rankclip_jax.evaluation.embed import Embedder
-  from rankclip_jax.evaluation.evaluators import build_evaluators
+  from test_synthetic_evals import evaluators_of
   from test_train import micro_config
 
   written = tfds_fixtures.write_tiny_tfds(tmp_path, "cifar10", num_examples=12, image_size=32,
@@ -206,7 +206,7 @@ def test_zero_shot_evaluation_on_a_tfds_set_written_here(tmp_path):
   c.data.eval_data_dir = str(tmp_path)
   trainer = train.Trainer(c)
   params = trainer.init().params
-  metrics = build_evaluators(c, trainer.tokenizer)["cifar10"].run(
+  metrics = evaluators_of(c, trainer.tokenizer)["cifar10"].run(
       Embedder(trainer.model, trainer.mesh), params)
 
   from rankclip_jax.data.pipeline import normalize_image

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from configs import rankclip_synthetic
+from rankclip_jax import step as step_lib
 from rankclip_jax import train
+from rankclip_jax.objective import make_objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +55,7 @@ def fixed_batch(trainer, seed=123):
 
 def eval_loss(trainer, state, batch):
   (loss, _), _ = jax.jit(functools.partial(
-      train.loss_and_grads, model=trainer.model, objective=trainer.objective))(
+      step_lib.loss_and_grads, model=trainer.model, objective=trainer.objective))(
           state.params, batch, jnp.int32(0))
   return float(loss)
 
@@ -100,12 +102,11 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
     if first is None:
       first = _params_np(state)
     else:
-      start = jax.jit(functools.partial(train.init_state, trainer.model, trainer.tx, None,
-                                        config=trainer.config),
+      start = jax.jit(functools.partial(step_lib.init_state, trainer.tx),
                       out_shardings=trainer.state_shardings)
-      state = start(params=with_layer_layout(first, scanned=scanned))
+      state = start(with_layer_layout(first, scanned=scanned))
     batch = fixed_batch(trainer)
-    f = jax.jit(functools.partial(train.loss_and_grads, model=trainer.model,
+    f = jax.jit(functools.partial(step_lib.loss_and_grads, model=trainer.model,
                                   objective=trainer.objective))
     (_, _), g = f(state.params, batch, state.step)
     g = jax.tree.map(np.asarray, jax.device_get(g))
@@ -171,7 +172,7 @@ def test_loss_strategies_and_gradcache_give_the_full_batch_gradient(loss_name):
     trainer = train.Trainer(micro_config(**over, **extra))
     state = trainer.init()
     batch = fixed_batch(trainer)
-    f = jax.jit(functools.partial(train.loss_and_grads, model=trainer.model,
+    f = jax.jit(functools.partial(step_lib.loss_and_grads, model=trainer.model,
                                   objective=trainer.objective,
                                   microbatches=trainer.config.microbatches))
     (loss, metrics), grads = f(state.params, batch, jnp.int32(3))
@@ -324,9 +325,10 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
   assert glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
   trainer = train.Trainer(c)
   batch = fixed_batch(trainer)
-  one = jax.jit(functools.partial(train.train_step, model=trainer.model, tx=trainer.tx,
-                                  schedule=trainer.schedule, objective=train.make_objective(
-                                      micro_config(**{"loss.strategy": "plain"}), trainer.mesh)))
+  plain = micro_config(**{"loss.strategy": "plain"})
+  one = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
+                                  schedule=trainer.schedule, objective=make_objective(
+                                      trainer.mesh, total_steps=plain.total_steps, **plain.loss)))
   f1 = flops.step_flops(one, jax.device_get(trainer.init()), jax.device_get(batch))
   assert f1 > 1e6 and trainer.step_flops() == f1
   # What was logged is those FLOPs at the logged speed, over 8 devices of the given 1 TFLOP/s peak.

@@ -24,13 +24,66 @@ import numpy as np
 
 from rankclip_jax.data import files
 from rankclip_jax.data.records import skipped
+from rankclip_jax.errors import UserError
 
 
-class CsvFormatError(ValueError):
+class CsvFormatError(UserError, ValueError):
   """A CSV/TSV file cannot be used as configured; the message names the file and the fix."""
 
 
-def _delimiter(value: str, path: str) -> str:
+def read_columns(path: str, columns: dict[str, str], *, delimiter: str, field: str = "path"
+                 ) -> list[list[str]]:
+  """The named columns of one CSV/TSV file: one list of strings per column, in row order.
+
+  columns: {column name: the setting that names it, as the fix to print, e.g. "image_key=<column>"}
+  (the setting is relative to the config entry whose `field` is given, e.g. config.data.train.path).
+  A UTF-8 byte-order mark is ignored; a missing column is an error naming the file, the column,
+  the columns the file has and the setting to change.
+  """
+  csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
+  entry = field.rsplit(".", 1)[0]
+  try:
+    f = open(path, newline="", encoding="utf-8-sig")
+  except OSError as e:
+    raise CsvFormatError(f"{field}: cannot open {path}: {e}") from None
+  with f:
+    reader = csv.DictReader(f, delimiter=delimiter)
+    names = reader.fieldnames or []
+    for key, setting in columns.items():
+      if key not in names:
+        hint = (" The header looks like one column: is the delimiter right (delimiter="
+                f"{delimiter!r})?" if len(names) == 1 else "")
+        raise CsvFormatError(
+            f"{path} has no column {key!r} ({entry}.{setting.split('=')[0]}); its columns "
+            f"are {names}.{hint} Set --{entry}.{setting}.")
+    out = [[] for _ in columns]
+    try:
+      for row in reader:
+        for values, key in zip(out, columns):
+          values.append(row.get(key) or "")
+    except csv.Error as e:
+      raise CsvFormatError(f"{path}, line {reader.line_num}: {e}") from None
+  return out
+
+
+def read_rows(path: str, *, image_key: str, caption_key: str, delimiter: str,
+              field: str = "path") -> tuple[list[str], list[str]]:
+  """(absolute image paths, captions) of one CSV/TSV file."""
+  images, captions = read_columns(
+      path, {image_key: "image_key=<column>", caption_key: "caption_key=<column>"},
+      delimiter=delimiter, field=field)
+  return [resolve(path, image) for image in images], captions
+
+
+def resolve(csv_path: str, image: str) -> str:
+  """An image field of a CSV row as an absolute path ("" stays ""): relative to the CSV's folder."""
+  image = image.strip()
+  return os.path.join(os.path.dirname(os.path.abspath(csv_path)), image) if image else ""
+
+
+def delimiter_of(value: str, path: str) -> str:
+  """config `delimiter` ("" = tab for .tsv, comma otherwise; or 'tab', '\\t', 'comma', 'space', a
+  character) for the file at `path`."""
   if not value:
     return "\t" if path.lower().endswith(".tsv") else ","
   named = {"tab": "\t", "\\t": "\t", "comma": ",", "space": " "}
@@ -38,36 +91,6 @@ def _delimiter(value: str, path: str) -> str:
   if len(d) != 1:
     raise CsvFormatError(f"delimiter={value!r} must be one character (or 'tab', '\\t', 'comma').")
   return d
-
-
-def read_rows(path: str, *, image_key: str, caption_key: str, delimiter: str,
-              field: str = "path") -> tuple[list[str], list[str]]:
-  """(absolute image paths, captions) of one CSV/TSV file."""
-  csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
-  base = os.path.dirname(os.path.abspath(path))
-  try:
-    f = open(path, newline="", encoding="utf-8-sig")
-  except OSError as e:
-    raise CsvFormatError(f"{field}: cannot open {path}: {e}") from None
-  with f:
-    reader = csv.DictReader(f, delimiter=delimiter)
-    columns = reader.fieldnames or []
-    for what, key in (("image_key", image_key), ("caption_key", caption_key)):
-      if key not in columns:
-        hint = (" The header looks like one column: is the delimiter right (delimiter="
-                f"{delimiter!r})?" if len(columns) == 1 else "")
-        raise CsvFormatError(
-            f"{path} has no column {key!r} ({field.rsplit('.', 1)[0]}.{what}); its columns "
-            f"are {columns}.{hint} Set --{field.rsplit('.', 1)[0]}.{what}=<column>.")
-    images, captions = [], []
-    try:
-      for row in reader:
-        image = (row.get(image_key) or "").strip()
-        images.append(os.path.join(base, image) if image else "")
-        captions.append(row.get(caption_key) or "")
-    except csv.Error as e:
-      raise CsvFormatError(f"{path}, line {reader.line_num}: {e}") from None
-  return images, captions
 
 
 class _PackedStrings:
@@ -100,7 +123,7 @@ class CsvSource:
     images, captions = [], []
     for f in self.files:
       i, c = read_rows(f, image_key=image_key, caption_key=caption_key,
-                       delimiter=_delimiter(delimiter, f), field=field)
+                       delimiter=delimiter_of(delimiter, f), field=field)
       images += i
       captions += c
     if not images:

@@ -19,10 +19,12 @@ import os
 import re
 from typing import Sequence
 
+from rankclip_jax.errors import UserError
+
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
-class DataPathError(FileNotFoundError):
+class DataPathError(UserError, FileNotFoundError):
   """A configured data path matches no usable file; the message names the field and the fix."""
 
 

@@ -42,6 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rankclip_jax.data.records import skipped
+from rankclip_jax.errors import UserError
 
 _DOWNLOAD = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
 _EXPECTED = ('a Karpathy split file (dataset_coco.json / dataset_flickr30k.json from '
@@ -49,7 +50,11 @@ _EXPECTED = ('a Karpathy split file (dataset_coco.json / dataset_flickr30k.json 
              '"sentences": [{"raw": str, ...}, ...], "filepath": str (optional)}, ...], ...}')
 
 
-class KarpathyFormatError(ValueError):
+# The Karpathy-split retrieval sets (config.evals.<name>.dataset of a retrieval entry): one reader.
+RETRIEVAL_SETS = ("coco", "flickr30k")
+
+
+class KarpathyFormatError(UserError, ValueError):
   """The split file is not a Karpathy split file, or lacks the requested split."""
 
 

@@ -12,14 +12,13 @@ image differs from the second ("the first image shows a larger shape than the se
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
 
 import grain
 import numpy as np
 from PIL import Image
 
+from rankclip_jax.data import csv_files, pipeline
 from rankclip_jax.data import images as image_ops
 from rankclip_jax.data import synthetic as S
 from rankclip_jax.data.records import skip_kind, skipped
@@ -55,7 +54,9 @@ def colour_comparison(colour_a: str, colour_b: str, template: int = 0) -> str:
   return _COLOUR_TEMPLATES[template].format(colour_a, colour_b)
 
 
-def _value(scene: S.Scene, attribute: str) -> float:
+def attribute_value(scene: S.Scene, attribute: str) -> float:
+  """The quantity a comparison of `attribute` is about (more of it: "larger", "more", "further
+  left", "higher"; colour: the colour's index)."""
   main = scene.main
   return {"size": main.radius, "count": scene.count, "horizontal": -main.x,
           "vertical": -main.y, "colour": main.colour}[attribute]
@@ -67,7 +68,7 @@ def _differ(a: S.Scene, b: S.Scene, attribute: str) -> bool:
   if attribute == "count":
     return a.count != b.count
   if attribute in ("horizontal", "vertical"):
-    return abs(_value(a, attribute) - _value(b, attribute)) >= _MIN_SHIFT
+    return abs(attribute_value(a, attribute) - attribute_value(b, attribute)) >= _MIN_SHIFT
   return a.main.colour != b.main.colour
 
 
@@ -125,7 +126,7 @@ class SyntheticPairs:
       caption = colour_comparison(*names, template)
       opposite = colour_comparison(*names[::-1], template)
     else:
-      more = _value(a, attribute) > _value(b, attribute)
+      more = attribute_value(a, attribute) > attribute_value(b, attribute)
       caption = comparison(attribute, more, template)
       opposite = comparison(attribute, not more, template)
     return {"image_a": S.render_scene(a, self.image_size),
@@ -138,34 +139,25 @@ class SyntheticPairs:
             f"attributes={self.attributes})")
 
 
-class CsvPairsError(ValueError):
-  """A pairs CSV that cannot be used; the message names the file and the fix."""
-
-
 class CsvPairs:
   """(image_a, image_b, caption) rows of a CSV/TSV; image paths relative to the file's folder.
 
-  A row whose image cannot be read or whose caption is empty becomes a skip marker (counted by the
-  pipeline, never a crash).
+  Read like the (image, caption) CSVs of data/csv_files.py (byte-order mark, named delimiters, an
+  error naming the file and the column when one is missing). A row whose image cannot be read or
+  whose caption is empty becomes a skip marker (counted by the pipeline, never a crash).
   """
 
   def __init__(self, path: str, *, image_a_key: str = "image_a", image_b_key: str = "image_b",
-               caption_key: str = "caption", delimiter: str = ""):
+               caption_key: str = "caption", delimiter: str = "", field: str = "path"):
     self.path = path
-    delimiter = delimiter or ("\t" if path.endswith(".tsv") else ",")
-    try:
-      with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        missing = [k for k in (image_a_key, image_b_key, caption_key)
-                   if k not in (reader.fieldnames or [])]
-        if missing:
-          raise CsvPairsError(
-              f"{path}: no column {missing[0]!r} (columns: {reader.fieldnames}). Set "
-              "config.data.train.image_key to 'a_column,b_column' and caption_key.")
-        self.rows = [(r[image_a_key], r[image_b_key], r[caption_key]) for r in reader]
-    except OSError as e:
-      raise CsvPairsError(f"{path}: cannot be read ({e}).") from None
-    self.root = os.path.dirname(os.path.abspath(path))
+    pair = "image_key=<a_column>,<b_column>"
+    a, b, captions = csv_files.read_columns(
+        path, {image_a_key: pair, image_b_key: pair, caption_key: "caption_key=<column>"},
+        delimiter=csv_files.delimiter_of(delimiter, path), field=field)
+    if not captions:
+      raise csv_files.CsvFormatError(f"{field}: {path} holds no rows below the header.")
+    self.rows = [(csv_files.resolve(path, x), csv_files.resolve(path, y), c)
+                 for x, y, c in zip(a, b, captions)]
 
   def __len__(self):
     return len(self.rows)
@@ -176,14 +168,14 @@ class CsvPairs:
     if not (caption or "").strip():
       return skipped("empty_caption", where)
     out = {"caption": caption}
-    for key, rel in (("image_a", a), ("image_b", b)):
+    for key, image in (("image_a", a), ("image_b", b)):
       try:
-        with open(os.path.join(self.root, rel), "rb") as f:
+        with open(image, "rb") as f:
           out[key] = np.asarray(image_ops.decode_rgb(f.read()))
-      except FileNotFoundError:
-        return skipped("missing_file", f"{where}: {rel}")
+      except (FileNotFoundError, IsADirectoryError):
+        return skipped("missing_file", f"{where}: {image or '(empty path)'}")
       except (OSError, image_ops.BadImage) as e:
-        return skipped("unreadable_image", f"{where}: {rel}: {e}")
+        return skipped("unreadable_image", f"{where}: {image}: {e}")
     return out
 
   def __repr__(self):
@@ -202,7 +194,6 @@ class PreparePair(grain.transforms.Map):
   tokenizer: ClipTokenizer
 
   def map(self, record):
-    from rankclip_jax.data.pipeline import normalize_image  # pylint: disable=g-import-not-at-top
     if skip_kind(record):
       return record
     caption = record["caption"].strip()
@@ -214,18 +205,23 @@ class PreparePair(grain.transforms.Map):
       image = np.asarray(record[key])
       if image.shape != (size, size, 3):
         image = image_ops.center_crop(Image.fromarray(image), size)
-      out[key] = normalize_image(image)
+      out[key] = pipeline.normalize_image(image)
     return out
 
 
 def pair_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer: ClipTokenizer,
-                  image_size: int, process_index: int = 0, process_count: int = 1,
-                  worker_count: int = 0, num_threads: int = 4, prefetch: int = 8):
+                  image_size: int, crop_scale: tuple[float, float] | None = None,
+                  process_index: int = 0, process_count: int = 1, worker_count: int = 0,
+                  num_threads: int = 4, prefetch: int = 8):
   """Infinite iterator over this process's batches of pairs (the pipeline.train_iterator recipe:
-  global shuffle each epoch, per-process slice, bad rows skipped and counted, checkpointable)."""
-  from rankclip_jax.data.pipeline import batched_iterator  # pylint: disable=g-import-not-at-top
+  global shuffle each epoch, per-process slice, bad rows skipped and counted, checkpointable).
+
+  crop_scale is accepted so that every source kind's iterator takes the same arguments, and
+  ignored: pairs are never randomly cropped (PreparePair)."""
+  del crop_scale
   ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
         [process_index::process_count]
         .map(PreparePair(image_size, tokenizer)))
-  return batched_iterator(ds, per_process_batch_size=per_process_batch_size,
-                          worker_count=worker_count, num_threads=num_threads, prefetch=prefetch)
+  return pipeline.batched_iterator(ds, per_process_batch_size=per_process_batch_size,
+                                   worker_count=worker_count, num_threads=num_threads,
+                                   prefetch=prefetch)

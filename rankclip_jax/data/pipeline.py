@@ -4,9 +4,10 @@ Training: an infinite, per-epoch reshuffled, per-process sharded, checkpointable
 yielding this process's slice of the global batch as numpy arrays. Evaluation: finite batches in
 order, the last one padded, with a `mask` marking real examples.
 
-Sources (config `kind`): `synthetic` (the embedded scenes, the default), `webdataset` (tar shards as
-img2dataset writes them), `csv` (image path + caption columns). Real images are decoded and cropped
-in the pipeline: a random resized crop for training, resize + centre crop for evaluation.
+Sources (config `kind`, data/sources.py): `synthetic` (the embedded scenes, the default),
+`webdataset` (tar shards as img2dataset writes them), `csv` (image path + caption columns). Real
+images are decoded and cropped in the pipeline: a random resized crop for training, resize + centre
+crop for evaluation. Image pairs (PC-CLIP) have their own recipe in data/pairs.py.
 
 Bad examples never stop a run: a source or the decode step turns them into skip markers
 (rankclip_jax.data.records); `DropSkipped` removes them and attaches to the next good example how
@@ -29,71 +30,19 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from rankclip_jax.data import images, synthetic
-from rankclip_jax.data.csv_files import CsvSource
-from rankclip_jax.data.files import DataPathError, expand_paths
+from rankclip_jax.data import images
 from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skip_kind, skipped
 from rankclip_jax.data.tokenizer import ClipTokenizer
-from rankclip_jax.data.webdataset import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS, WebDatasetSource
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
-SOURCE_KINDS = ("synthetic", "webdataset", "csv", "synthetic_pairs", "csv_pairs")
-# Image pairs with comparative captions (PC-CLIP fine-tuning, config.loss.name="pcclip").
-PAIR_KINDS = ("synthetic_pairs", "csv_pairs")
 # A run whose data is this many bad examples in a row is stopped: it would never make a batch.
 MAX_CONSECUTIVE_SKIPS = 10_000
 
 
 def normalize_image(image_uint8: np.ndarray) -> np.ndarray:
   return (image_uint8.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-
-
-def _extensions(value) -> tuple[str, ...]:
-  """'jpg;png' or ('jpg', 'png') -> ('jpg', 'png') (webdataset's way of naming alternatives)."""
-  parts = value.split(";") if isinstance(value, str) else list(value)
-  return tuple(p.strip().lower().lstrip(".") for p in parts if p.strip())
-
-
-def make_source(source_config, *, image_size: int, seed: int, split: str | None = None,
-                field: str = "config.data.train"):
-  """A random-access source from a data config (`kind` plus the kind's own fields).
-
-  `field` names the config entry in error messages (e.g. "config.data.train").
-  """
-  kind = source_config.kind
-  if kind == "synthetic":
-    return synthetic.SyntheticScenes(
-        num_records=int(source_config.num_records), seed=seed,
-        split=split or source_config.split, image_size=image_size,
-        min_objects=int(source_config.min_objects), max_objects=int(source_config.max_objects),
-        caption_mode=source_config.get("caption_mode", "random"),
-        monochrome_fraction=float(source_config.get("monochrome_fraction", 0.0)))
-  if kind == "webdataset":
-    return WebDatasetSource(
-        source_config.path, image_exts=_extensions(source_config.image_key or DEFAULT_IMAGE_EXTS),
-        caption_exts=_extensions(source_config.caption_key or DEFAULT_CAPTION_EXTS),
-        field=f"{field}.path")
-  if kind == "csv":
-    return CsvSource(source_config.path, image_key=source_config.image_key or "image",
-                     caption_key=source_config.caption_key or "caption",
-                     delimiter=source_config.delimiter, field=f"{field}.path")
-  if kind == "synthetic_pairs":
-    from rankclip_jax.data.pairs import SyntheticPairs  # pylint: disable=g-import-not-at-top
-    return SyntheticPairs(num_records=int(source_config.num_records), seed=seed,
-                          split=split or source_config.split, image_size=image_size)
-  if kind == "csv_pairs":
-    from rankclip_jax.data.pairs import CsvPairs  # pylint: disable=g-import-not-at-top
-    paths = expand_paths(source_config.path, suffixes=(".csv", ".tsv"), field=f"{field}.path")
-    if len(paths) != 1:
-      raise DataPathError(f"{field}.path: csv_pairs reads one CSV/TSV file; got {len(paths)}.")
-    a_key, _, b_key = (source_config.image_key or "image_a,image_b").partition(",")
-    return CsvPairs(paths[0], image_a_key=a_key.strip(), image_b_key=b_key.strip() or "image_b",
-                    caption_key=source_config.caption_key or "caption",
-                    delimiter=source_config.delimiter)
-  raise ValueError(
-      f"Unknown data source kind {kind!r} in {field}.kind; choose one of {SOURCE_KINDS}.")
 
 
 @dataclasses.dataclass
@@ -189,11 +138,6 @@ class DropSkipped(grain.IterDataset):
 
   def __iter__(self):
     return _DropSkippedIterator(self._parent.__iter__())
-
-
-def skip_counts(skipped_vector) -> dict[str, int]:
-  """int [len(SKIP_KINDS)] -> {"<kind>": count}."""
-  return {k: int(v) for k, v in zip(SKIP_KINDS, np.asarray(skipped_vector).tolist())}
 
 
 def train_iterator(source, *, per_process_batch_size: int, seed: int, tokenizer: ClipTokenizer,

@@ -32,3 +32,8 @@ def skipped(kind: str, where: str) -> dict[str, str]:
 def skip_kind(record: Mapping[str, Any]) -> str | None:
   """The skip kind if `record` is a skip marker, else None."""
   return record.get(_SKIPPED) if isinstance(record, Mapping) else None
+
+
+def skip_counts(skipped_vector) -> dict[str, int]:
+  """int [len(SKIP_KINDS)] (a batch's or the train state's running total) -> {"<kind>": count}."""
+  return {k: int(v) for k, v in zip(SKIP_KINDS, [int(x) for x in skipped_vector])}

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from rankclip_jax.data import images
+from rankclip_jax.errors import UserError
 
 ZEROSHOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zeroshot")
 
@@ -58,7 +59,7 @@ _IMAGENET_MANUAL = (
     "split) from https://image-net.org/download-images in {data_dir}/downloads/manual/.")
 
 
-class EvalDataNotFound(FileNotFoundError):
+class EvalDataNotFound(UserError, FileNotFoundError):
   """An evaluation set is not prepared (as ArrayRecord) under data_dir; says how to prepare it."""
 
 

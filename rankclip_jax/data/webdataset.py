@@ -30,6 +30,7 @@ from absl import logging
 
 from rankclip_jax.data import files
 from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skipped
+from rankclip_jax.errors import UserError
 
 BLOCK = 512
 DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -41,7 +42,7 @@ INDEX_DTYPE = np.dtype([("shard", np.int32), ("kind", np.int8), ("image_offset",
                         ("caption_size", np.int32), ("key", "S48")])
 
 
-class ShardError(OSError):
+class ShardError(UserError, OSError):
   """A whole shard cannot be used (cannot be opened, or is not a tar file)."""
 
 

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from rankclip_jax.data import pairs as pairs_lib
 from rankclip_jax.data import synthetic as S
@@ -28,18 +29,11 @@ from rankclip_jax.evaluation.embed import Embedder
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-  def ranks(v):  # average ranks of ties
-    order = np.argsort(v, kind="stable")
-    r = np.empty(len(v))
-    r[order] = np.arange(len(v))
-    for value in np.unique(v):
-      tie = v == value
-      r[tie] = r[tie].mean()
-    return r
-  rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-  rx, ry = rx - rx.mean(), ry - ry.mean()
-  denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-  return float((rx * ry).sum() / denom) if denom > 0 else 0.0
+  """Spearman's rank correlation (average ranks for ties); 0.0 when a side is constant."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  if x.size < 2 or (x == x[0]).all() or (y == y[0]).all():
+    return 0.0  # no order to correlate (scipy gives nan)
+  return float(stats.spearmanr(x, y).statistic)
 
 
 def embed_uint8(embedder: Embedder, params, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -108,7 +102,7 @@ class AttributeRankingEvaluator:
     max_objects = S.MAX_OBJECTS if attribute == "count" else 1
     scenes = [S.sample_scene(rng, split=self.split, min_objects=1, max_objects=max_objects)
               for _ in range(self.num_examples)]
-    values = np.array([pairs_lib._value(s, attribute) for s in scenes])  # pylint: disable=protected-access
+    values = np.array([pairs_lib.attribute_value(s, attribute) for s in scenes])
     return np.stack([S.render_scene(s, self.image_size) for s in scenes]), values
 
   def run(self, embedder: Embedder, params) -> dict[str, float]:

@@ -1,41 +1,63 @@
 """Evaluators named in config.evals, run during training and at the end.
 
-Each entry of config.evals is a ConfigDict with a `kind` ("zero_shot" or "retrieval") and the fields
-of that kind; the metrics come back as {"<name>/<metric>": value}.
+Each entry of config.evals is a ConfigDict with a `kind` (a name of EVALUATORS, the one list of
+them), an optional `every_steps` (0 or absent: config.eval_every_steps) and the fields of that kind;
+the metrics come back as {"<name>/<metric>": value}. Each kind's builder takes its fields as
+keyword arguments, so a field the kind does not have is an error, and
+`inspect.signature(EVALUATORS.get(kind))` (or kind_fields(kind)) lists them. Unset fields take the
+defaults below; a field the entry's `dataset` does not use is ignored.
 
 - zero_shot: classify held-out images by their nearest class embedding, the class embedding being
-  CLIP's prompt ensemble over the templates. Top-1 (and top-3/5 below the class count). `dataset`
-  is "synthetic" (the embedded scenes; `task` picks the attribute) or an evaluation set of
-  rankclip_jax.data.tfds_eval.DATASETS (ImageNet-1k and its shifts, CIFAR, ...), read from TFDS
-  ArrayRecord files under `data_dir` (default config.data.eval_data_dir).
-- retrieval: image<->text recall@1/5/10. `dataset` "synthetic": held-out scenes, texts with
-  identical wording relevant to each of their images; "coco" / "flickr30k": the Karpathy test
-  split (`json_path` to dataset_coco.json / dataset_flickr30k.json, `image_root`), each image's
-  own five captions relevant to it (data/karpathy.py).
-- linear_probe: logistic regression on frozen image embeddings of a TFDS set (`dataset`): fit on
-  `train_split` (default "train", first `num_train`, 0: all), L2 chosen on a validation split,
-  top-1 on `split` (first `num_examples`, 0: all).
+  CLIP's prompt ensemble over the templates. Top-1 (and top-3/5 below the class count).
+  Fields: dataset ("synthetic"), task, split (""), num_examples, min_objects (1), max_objects (1),
+  seed (0), templates (""), data_dir (""), comparative_alpha (0.0), comparative_template.
+  `dataset` "synthetic": the embedded scenes of `split` ("": "test"), `task` (shape, colour, count,
+  combo) picks the attribute, num_examples scenes of min..max_objects objects from `seed`'s stream.
+  Otherwise an evaluation set of rankclip_jax.data.tfds_eval.DATASETS (ImageNet-1k and its shifts,
+  CIFAR, ...) read from TFDS ArrayRecord files under `data_dir` ("": config.data.eval_data_dir):
+  `split` ("": its test/validation split), the first num_examples (0: all), prompts `templates`
+  ("": the dataset's own; or a templates.json key such as "imagenet1k_simple").
+  `comparative_alpha` > 0: PC-CLIP's comparative prompting (evaluation/comparative.py), its
+  `comparative_template` ("a {} differs from a {} in shape.") naming two classes.
+- retrieval: image<->text recall@1/5/10. Fields: dataset ("synthetic"), split (""), num_examples,
+  min_objects (1), max_objects (3), seed (0), json_path (""), image_root ("").
+  `dataset` "synthetic": num_examples held-out scenes of `split` ("": "test"), texts with identical
+  wording relevant to each of their images; "coco" / "flickr30k": the Karpathy split `split` ("":
+  "test"; `json_path` to dataset_coco.json / dataset_flickr30k.json, `image_root`), its first
+  num_examples images (0: all), each image's own five captions relevant to it (data/karpathy.py).
 - diagnostics: modality gap, alignment, uniformity, ranking consistency (Spearman/Kendall between
-  the rankings RankCLIP's terms compare) on held-out pairs, and a picture of the embedding space;
-  the pairs are synthetic scenes, or the first num_examples of a real source given as `data`
-  (a configs.common.data_source: webdataset or csv).
+  the rankings RankCLIP's terms compare) on held-out pairs, and a picture of the embedding space.
+  Fields: split (""), num_examples, min_objects (1), max_objects (3), seed (0), data (None).
+  The pairs are num_examples synthetic scenes of `split` ("": "test"), or the first num_examples
+  (0: all) of a real source given as `data` (a rankclip_jax.defaults.data_source: webdataset or csv,
+  built by rankclip_jax.data.sources.make_source; a `data` of kind synthetic means the scenes).
+- linear_probe: logistic regression on frozen image embeddings of a TFDS set. Fields: dataset
+  (required), train_split ("train"), split (""), num_train (0), num_examples (0), data_dir (""),
+  seed (0). Fit on the first num_train of `train_split` (0: all), L2 chosen on a validation split,
+  top-1 on the first num_examples of `split` ("": the dataset's test/validation split; 0: all).
+- pairwise: PC-CLIP's comparison accuracy on num_examples (required) held-out synthetic scene
+  pairs. Fields: num_examples, split ("test"), seed (0).
+- attribute_ranking: Spearman between scenes' attribute values and their order along a
+  comparative caption, num_examples (required) scenes per attribute. Fields: num_examples, split
+  ("test"), seed (0). Both are in evaluation/comparative.py.
 
-- pairwise, attribute_ranking: PC-CLIP's comparisons on held-out synthetic scene pairs
-  (evaluation/comparative.py). A zero_shot entry with `comparative_alpha` > 0 uses PC-CLIP's
-  comparative prompting (its `comparative_template` names two classes).
-
-Every entry may set `every_steps` (default config.eval_every_steps).
+Synthetic evaluation scenes use their own seed stream (`seed`), never the training seed.
+build_evaluators returns an Evaluators: the evaluators by name, each one's period (`due(step)`)
+and `run`, which returns (scalars, pictures).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import inspect
 import os
-from typing import Any
+from typing import Any, Callable, Iterable
 
+import ml_collections
 import numpy as np
 
-from rankclip_jax.data import karpathy, pipeline, synthetic, tfds_eval
+from rankclip_jax.data import karpathy, pipeline, sources, synthetic, tfds_eval
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.data import pairs as pairs_lib
 from rankclip_jax.evaluation import comparative
@@ -43,16 +65,15 @@ from rankclip_jax.evaluation import diagnostics as D
 from rankclip_jax.evaluation import linear_probe as linear_probe_lib
 from rankclip_jax.evaluation import metrics as M
 from rankclip_jax.evaluation.embed import Embedder
+from rankclip_jax.registry import Registry
 
-EVAL_KINDS = ("zero_shot", "retrieval", "diagnostics", "linear_probe", "pairwise",
-              "attribute_ranking")
+# The evaluator kinds, each a builder(name, ctx: EvalContext, **the entry's fields) -> evaluator.
+EVALUATORS: Registry[Callable[..., Any]] = Registry("config.evals.<name>.kind")
 
+# Fields every entry may have besides its kind's; build_evaluators reads them, not the builders.
+COMMON_FIELDS = ("kind", "every_steps")
 
-def _eval_source(cfg, *, image_size: int, seed: int, caption_mode: str = "random"):
-  return synthetic.SyntheticScenes(
-      num_records=int(cfg.num_examples), seed=seed, split=cfg.split, image_size=image_size,
-      min_objects=int(cfg.min_objects), max_objects=int(cfg.max_objects),
-      caption_mode=caption_mode)
+DEFAULT_COMPARATIVE_TEMPLATE = "a {} differs from a {} in shape."
 
 
 @dataclasses.dataclass
@@ -68,8 +89,9 @@ class ZeroShotEvaluator:
   tokenizer: ClipTokenizer
   image_size: int
   label_offset: int = 0
+  # PC-CLIP's comparative prompting (comparative.comparative_zero_shot_embeddings) when > 0.
   comparative_alpha: float = 0.0
-  comparative_template: str = "a {} differs from a {} in shape."
+  comparative_template: str = DEFAULT_COMPARATIVE_TEMPLATE
 
   def class_embeddings(self, embedder: Embedder, params) -> np.ndarray:
     prompts = [t.format(c) for t in self.templates for c in self.classnames]
@@ -211,92 +233,192 @@ class _Head:
     return f"first {self.n} of {self.source!r}"
 
 
-def eval_data_dir(config) -> str:
-  """config.data.eval_data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's default)."""
-  return os.path.expanduser(config.data.get("eval_data_dir") or os.environ.get("TFDS_DATA_DIR")
-                            or "~/tensorflow_datasets")
+def eval_data_dir(value: str = "") -> str:
+  """Where TFDS evaluation sets are prepared: `value` (config.data.eval_data_dir), else
+  $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's default)."""
+  return os.path.expanduser(value or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
 
 
-def build_evaluators(config, tokenizer: ClipTokenizer) -> dict[str, Any]:
-  """One evaluator per entry of config.evals. A TFDS evaluation set that is not prepared is an
-  error here, naming the command that prepares it."""
-  out = {}
-  size, bs = config.image_size, config.eval_batch_size
-  for name, cfg in config.evals.items():
-    # Evaluation scenes use their own seed stream so they never depend on the training seed.
-    seed = int(cfg.get("seed", 0))
-    dataset = cfg.get("dataset", "synthetic")
-    if cfg.kind == "zero_shot" and dataset != "synthetic":
-      src = tfds_eval.TfdsEvalSource(dataset, cfg.get("data_dir") or eval_data_dir(config),
-                                     split=cfg.get("split") or None, min_size=size)
-      templates = tfds_eval.templates(cfg.get("templates") or dataset)
-      out[name] = ZeroShotEvaluator(name, _Head(src, int(cfg.get("num_examples", 0))),
-                                    src.classnames, templates, "label", bs, tokenizer, size)
-    elif cfg.kind == "zero_shot":
-      src = _eval_source(cfg, image_size=size, seed=seed)
-      classnames, templates, label_key, offset = synthetic.zero_shot_task(
-          cfg.task, min_objects=src.min_objects, max_objects=src.max_objects)
-      out[name] = ZeroShotEvaluator(name, src, classnames, list(templates), label_key, bs,
-                                    tokenizer, size, label_offset=offset)
-      if cfg.get("comparative_alpha", 0.0):
-        out[name].comparative_alpha = float(cfg.comparative_alpha)
-        out[name].comparative_template = cfg.get("comparative_template",
-                                                 out[name].comparative_template)
-    elif cfg.kind == "pairwise":
-      src = pairs_lib.SyntheticPairs(num_records=int(cfg.num_examples), seed=seed,
-                                     split=cfg.get("split", "test"), image_size=size)
-      out[name] = comparative.PairwiseEvaluator(name, src, bs, tokenizer)
-    elif cfg.kind == "attribute_ranking":
-      out[name] = comparative.AttributeRankingEvaluator(
-          name, int(cfg.num_examples), size, bs, tokenizer, split=cfg.get("split", "test"),
-          seed=seed)
-    elif cfg.kind == "retrieval" and dataset != "synthetic":
-      src = karpathy.KarpathyRetrievalSource(cfg.json_path, cfg.image_root,
-                                             split=cfg.get("split") or "test")
-      out[name] = RetrievalEvaluator(name, _Head(src, int(cfg.get("num_examples", 0))), bs,
-                                     tokenizer, size)
-    elif cfg.kind == "retrieval":
-      src = _eval_source(cfg, image_size=size, seed=seed, caption_mode="full")
-      out[name] = RetrievalEvaluator(name, src, bs, tokenizer, size)
-    elif cfg.kind == "linear_probe":
-      data_dir = cfg.get("data_dir") or eval_data_dir(config)
-      train_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=cfg.get("train_split") or
-                                           "train", min_size=size)
-      test_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=cfg.get("split") or None,
-                                          min_size=size)
-      out[name] = LinearProbeEvaluator(
-          name, _Head(train_src, int(cfg.get("num_train", 0))),
-          _Head(test_src, int(cfg.get("num_examples", 0))), len(train_src.classnames), bs,
-          tokenizer, size, seed=seed)
-    elif cfg.kind == "diagnostics":
-      if cfg.get("data") is not None and cfg.data.kind != "synthetic":
-        src = _Head(pipeline.make_source(cfg.data, image_size=size, seed=seed,
-                                         field=f"config.evals.{name}.data"), cfg.num_examples)
-      else:
-        src = _eval_source(cfg, image_size=size, seed=seed, caption_mode="full")
-      out[name] = DiagnosticsEvaluator(name, src, bs, tokenizer, size)
-    else:
-      raise ValueError(f"config.evals.{name}.kind={cfg.kind!r}; choose one of {EVAL_KINDS}.")
-  return out
+_resolve_data_dir = eval_data_dir  # build_evaluators' keyword of the same name hides it there
 
 
-def run_evaluators(evaluators: dict[str, Any], embedder: Embedder, params) -> dict[str, Any]:
-  """{"<evaluator>/<metric>": float, ...}; pictures come as uint8 [H, W, 3] arrays (see
-  split_pictures)."""
-  metrics = {}
-  for ev in evaluators.values():
-    metrics.update(ev.run(embedder, params))
-  return metrics
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What every evaluator of a config shares; eval_data_dir is resolved (see eval_data_dir)."""
+
+  tokenizer: ClipTokenizer
+  image_size: int
+  batch_size: int
+  eval_data_dir: str
 
 
-def split_pictures(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """(scalars, pictures) of run_evaluators' output."""
-  pictures = {k: v for k, v in metrics.items() if isinstance(v, np.ndarray) and v.ndim == 3}
-  return {k: v for k, v in metrics.items() if k not in pictures}, pictures
+# ---------------------------------------------------------------------------------- the builders
+
+def _scenes(ctx: EvalContext, *, split: str, num_examples: int, min_objects: int,
+            max_objects: int, seed: int, caption_mode: str = "random") -> synthetic.SyntheticScenes:
+  """An entry's held-out synthetic scenes (split "": the test split)."""
+  return synthetic.SyntheticScenes(
+      num_records=int(num_examples), seed=int(seed), split=split or "test",
+      image_size=ctx.image_size, min_objects=int(min_objects), max_objects=int(max_objects),
+      caption_mode=caption_mode)
 
 
-def due(config, name: str, step: int) -> bool:
-  """Whether evaluator `name` runs at `step`: every config.evals.<name>.every_steps steps
-  (0 or absent: config.eval_every_steps)."""
-  every = int(config.evals[name].get("every_steps", 0) or config.eval_every_steps)
-  return step % every == 0
+@EVALUATORS.register("zero_shot")
+def _zero_shot(name: str, ctx: EvalContext, *, dataset: str = "synthetic", task: str = "",
+               split: str = "", num_examples: int = 0, min_objects: int = 1,
+               max_objects: int = 1, seed: int = 0, templates: str = "", data_dir: str = "",
+               comparative_alpha: float = 0.0,
+               comparative_template: str = DEFAULT_COMPARATIVE_TEMPLATE) -> ZeroShotEvaluator:
+  comparative_args = dict(comparative_alpha=float(comparative_alpha),
+                          comparative_template=comparative_template)
+  if dataset != "synthetic":
+    src = tfds_eval.TfdsEvalSource(dataset, data_dir or ctx.eval_data_dir, split=split or None,
+                                   min_size=ctx.image_size)
+    return ZeroShotEvaluator(name, _Head(src, int(num_examples)), src.classnames,
+                             tfds_eval.templates(templates or dataset), "label", ctx.batch_size,
+                             ctx.tokenizer, ctx.image_size, **comparative_args)
+  src = _scenes(ctx, split=split, num_examples=num_examples, min_objects=min_objects,
+                max_objects=max_objects, seed=seed)
+  classnames, prompts, label_key, offset = synthetic.zero_shot_task(
+      task, min_objects=src.min_objects, max_objects=src.max_objects)
+  return ZeroShotEvaluator(name, src, classnames, list(prompts), label_key, ctx.batch_size,
+                           ctx.tokenizer, ctx.image_size, label_offset=offset, **comparative_args)
+
+
+@EVALUATORS.register("retrieval")
+def _retrieval(name: str, ctx: EvalContext, *, dataset: str = "synthetic", split: str = "",
+               num_examples: int = 0, min_objects: int = 1, max_objects: int = 3, seed: int = 0,
+               json_path: str = "", image_root: str = "") -> RetrievalEvaluator:
+  if dataset != "synthetic":
+    src = _Head(karpathy.KarpathyRetrievalSource(json_path, image_root, split=split or "test"),
+                int(num_examples))
+  else:
+    src = _scenes(ctx, split=split, num_examples=num_examples, min_objects=min_objects,
+                  max_objects=max_objects, seed=seed, caption_mode="full")
+  return RetrievalEvaluator(name, src, ctx.batch_size, ctx.tokenizer, ctx.image_size)
+
+
+@EVALUATORS.register("diagnostics")
+def _diagnostics(name: str, ctx: EvalContext, *, split: str = "", num_examples: int = 0,
+                 min_objects: int = 1, max_objects: int = 3, seed: int = 0,
+                 data: Any = None) -> DiagnosticsEvaluator:
+  if data is not None and not isinstance(data, ml_collections.ConfigDict):
+    data = ml_collections.ConfigDict(data)
+  if data is not None and data.kind != "synthetic":
+    field = f"config.evals.{name}.data"
+    src = _Head(sources.make_source(data, image_size=ctx.image_size, seed=int(seed), field=field),
+                int(num_examples))
+  else:
+    src = _scenes(ctx, split=split, num_examples=num_examples, min_objects=min_objects,
+                  max_objects=max_objects, seed=seed, caption_mode="full")
+  return DiagnosticsEvaluator(name, src, ctx.batch_size, ctx.tokenizer, ctx.image_size)
+
+
+@EVALUATORS.register("linear_probe")
+def _linear_probe(name: str, ctx: EvalContext, *, dataset: str, train_split: str = "train",
+                  split: str = "", num_train: int = 0, num_examples: int = 0, data_dir: str = "",
+                  seed: int = 0) -> LinearProbeEvaluator:
+  data_dir = data_dir or ctx.eval_data_dir
+  train_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=train_split or "train",
+                                       min_size=ctx.image_size)
+  test_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=split or None,
+                                      min_size=ctx.image_size)
+  return LinearProbeEvaluator(
+      name, _Head(train_src, int(num_train)), _Head(test_src, int(num_examples)),
+      len(train_src.classnames), ctx.batch_size, ctx.tokenizer, ctx.image_size, seed=int(seed))
+
+
+@EVALUATORS.register("pairwise")
+def _pairwise(name: str, ctx: EvalContext, *, num_examples: int, split: str = "test",
+              seed: int = 0) -> comparative.PairwiseEvaluator:
+  src = pairs_lib.SyntheticPairs(num_records=int(num_examples), seed=int(seed), split=split,
+                                 image_size=ctx.image_size)
+  return comparative.PairwiseEvaluator(name, src, ctx.batch_size, ctx.tokenizer)
+
+
+@EVALUATORS.register("attribute_ranking")
+def _attribute_ranking(name: str, ctx: EvalContext, *, num_examples: int, split: str = "test",
+                       seed: int = 0) -> comparative.AttributeRankingEvaluator:
+  return comparative.AttributeRankingEvaluator(name, int(num_examples), ctx.image_size,
+                                               ctx.batch_size, ctx.tokenizer, split=split,
+                                               seed=int(seed))
+
+
+def kind_fields(kind: str) -> tuple[str, ...]:
+  """The fields an entry of `kind` may set besides COMMON_FIELDS (its builder's keywords)."""
+  params = inspect.signature(EVALUATORS.get(kind)).parameters.values()
+  return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def required_fields(kind: str) -> tuple[str, ...]:
+  """The fields an entry of `kind` must set (its builder's keywords without a default)."""
+  params = inspect.signature(EVALUATORS.get(kind)).parameters
+  return tuple(f for f in kind_fields(kind) if params[f].default is inspect.Parameter.empty)
+
+
+# ------------------------------------------------------------------------------- the collection
+
+class Evaluators(collections.abc.Mapping):
+  """{name: evaluator} in config order, with each one's period in steps."""
+
+  def __init__(self, evaluators: dict[str, Any], periods: dict[str, int]):
+    if set(evaluators) != set(periods):
+      raise ValueError(f"evaluators {list(evaluators)} and periods {list(periods)} differ.")
+    self._evaluators = dict(evaluators)
+    self.periods = {n: int(periods[n]) for n in self._evaluators}
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(self._evaluators)
+
+  def __getitem__(self, name: str):
+    return self._evaluators[name]
+
+  def __iter__(self):
+    return iter(self._evaluators)
+
+  def __len__(self) -> int:
+    return len(self._evaluators)
+
+  def due(self, step: int) -> tuple[str, ...]:
+    """The evaluators that run at `step`: those whose period divides it."""
+    return tuple(n for n in self._evaluators if step % self.periods[n] == 0)
+
+  def run(self, embedder: Embedder, params, names: Iterable[str] | None = None
+          ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Runs all evaluators, or the named ones in that order: (scalars {"<name>/<metric>": value},
+    pictures {"<name>/<picture>": uint8 [H, W, 3]})."""
+    names = self.names if names is None else tuple(names)
+    unknown = [n for n in names if n not in self._evaluators]
+    if unknown:
+      raise KeyError(f"no evaluator {unknown}; have {list(self._evaluators)}.")
+    scalars: dict[str, Any] = {}
+    pictures: dict[str, np.ndarray] = {}
+    for n in names:
+      for key, value in self._evaluators[n].run(embedder, params).items():
+        if isinstance(value, np.ndarray) and value.ndim == 3:
+          pictures[key] = value
+        else:
+          scalars[key] = value
+    return scalars, pictures
+
+  def __repr__(self):
+    return "Evaluators(" + ", ".join(f"{n} every {p}" for n, p in self.periods.items()) + ")"
+
+
+def build_evaluators(evals_config, *, tokenizer: ClipTokenizer, image_size: int, batch_size: int,
+                     eval_data_dir: str = "", every_steps: int) -> Evaluators:
+  """One evaluator per entry of `evals_config` (config.evals), each with its period: its own
+  `every_steps`, 0 or absent meaning `every_steps` (config.eval_every_steps). eval_data_dir:
+  config.data.eval_data_dir ("": see eval_data_dir). The entries are checked by config validation
+  (kinds, fields, values); a TFDS evaluation set that is not prepared is a
+  tfds_eval.EvalDataNotFound (naming the command that prepares it), raised here, before any work."""
+  ctx = EvalContext(tokenizer=tokenizer, image_size=int(image_size), batch_size=int(batch_size),
+                    eval_data_dir=_resolve_data_dir(eval_data_dir))
+  evaluators, periods = {}, {}
+  for name, entry in evals_config.items():
+    fields = dict(entry.items())
+    builder = EVALUATORS.get(fields.pop("kind", None), f"config.evals.{name}.kind")
+    periods[name] = int(fields.pop("every_steps", 0) or 0) or int(every_steps)
+    evaluators[name] = builder(name, ctx, **fields)
+  return Evaluators(evaluators, periods)

@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from rankclip_jax.errors import UserError
 from rankclip_jax.models.transformer import with_layer_layout
 from rankclip_jax.models.two_towers import SIZES, TowerSizes
 
@@ -43,7 +44,7 @@ TORCH_LN_EPS = 1e-5
 _IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask"}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """The weights do not fit our towers; the message names the keys and what differs."""
 
 

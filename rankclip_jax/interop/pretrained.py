@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from rankclip_jax.config_validation import ConfigError
+from rankclip_jax import model_setup
+from rankclip_jax.errors import ConfigError
 from rankclip_jax.interop import open_clip, tensor_files
 from rankclip_jax.models import tower_sizes
 from rankclip_jax.models.transformer import is_scanned, with_layer_layout
@@ -27,20 +28,20 @@ from rankclip_jax.models.transformer import is_scanned, with_layer_layout
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def architecture(config) -> dict[str, Any]:
-  """The fields of a config that decide the parameters' shapes and meaning."""
-  sizes = tower_sizes(config.model)
-  out = {"image_size": int(config.image_size), "model.act": config.model.act,
-         "model.ln_eps": float(config.model.get("ln_eps", 1e-6)),
-         "model.pool": config.model.pool, "model.stem": config.model.stem}
+def architecture(model_config, image_size: int) -> dict[str, Any]:
+  """The config fields (config.model's and config.image_size) that decide the parameters' shapes
+  and meaning."""
+  sizes = tower_sizes(model_config)
+  out = {"image_size": int(image_size), "model.act": model_config.act,
+         "model.ln_eps": float(model_config.get("ln_eps", 1e-6)),
+         "model.pool": model_config.pool, "model.stem": model_config.stem}
   for field, value in vars(sizes).items():
     out[f"model.custom.{field}"] = value
   return out
 
 
-def _overrides(source: dict[str, Any], target_config, source_size: str) -> list[str]:
-  """--config flags that make target_config's towers the source's (empty: they already are)."""
-  target = architecture(target_config)
+def _overrides(source: dict[str, Any], target: dict[str, Any], source_size: str) -> list[str]:
+  """--config flags that make the target architecture the source's (empty: they already are)."""
   flags = [f"--config.{k}={v}" for k, v in source.items()
            if not k.startswith("model.custom.") and target.get(k) != v]
   if any(target[k] != v for k, v in source.items() if k.startswith("model.custom.")):
@@ -52,9 +53,10 @@ def _overrides(source: dict[str, Any], target_config, source_size: str) -> list[
   return flags
 
 
-def _check(source: dict[str, Any], config, source_size: str, path: str, source_context: int):
-  flags = _overrides(source, config, source_size)
-  if config.context_length > source_context:  # shorter is fine: the first positions are used
+def _check(source: dict[str, Any], target: dict[str, Any], context_length: int, source_size: str,
+           path: str, source_context: int):
+  flags = _overrides(source, target, source_size)
+  if context_length > source_context:  # shorter is fine: the first positions are used
     flags.append(f"--config.context_length={source_context}")
   if flags:
     raise ConfigError(
@@ -62,49 +64,51 @@ def _check(source: dict[str, Any], config, source_size: str, path: str, source_c
         f"{' '.join(flags)}")
 
 
-def _from_state_dict(path: str, config) -> dict:
+def _from_state_dict(path: str, model_config, target: dict[str, Any], context_length: int) -> dict:
   state = tensor_files.read_state_dict(path)
   try:
     # Head counts are not in a state dict: config.model's are taken.
-    sizes = tower_sizes(config.model)
-    spec = open_clip.infer_spec(state, act=config.model.act, image_heads=sizes.image_heads,
+    sizes = tower_sizes(model_config)
+    spec = open_clip.infer_spec(state, act=model_config.act, image_heads=sizes.image_heads,
                                 text_heads=sizes.text_heads)
   except open_clip.ConversionError as e:
     raise ConfigError(f"config.model.init_from={path}: {e}") from None
-  source = {"image_size": spec["image_size"], "model.act": config.model.act,
+  source = {"image_size": spec["image_size"], "model.act": model_config.act,
             "model.ln_eps": spec["ln_eps"], "model.pool": "cls", "model.stem": "patch"}
   source.update({f"model.custom.{k}": v for k, v in vars(spec["sizes"]).items()})
-  _check(source, config, spec["size"], path, spec["context_length"])
+  _check(source, target, context_length, spec["size"], path, spec["context_length"])
   logging.info("init_from %s: OpenCLIP state dict, %s towers, activation %s (a state dict does "
-               "not record it: config.model.act)", path, spec["size"], config.model.act)
+               "not record it: config.model.act)", path, spec["size"], model_config.act)
   return open_clip.to_flax(state, spec)
 
 
-def _from_run(path: str, config) -> dict:
-  from rankclip_jax import inference  # pylint: disable=g-import-not-at-top
-
+def _from_run(path: str, target: dict[str, Any], context_length: int) -> dict:
   def check(saved):
-    _check(architecture(saved), config, saved.model.size, path, saved.context_length)
+    _check(architecture(saved.model, saved.image_size), target, context_length, saved.model.size,
+           path, saved.context_length)
 
   # Onto the host, with the shapes as saved (the context length may differ from ours).
-  _, _, params, step = inference.restore_run(
+  _, _, params, step = model_setup.restore_run(
       path, device=jax.local_devices(backend="cpu")[0], check=check)
   logging.info("init_from %s: step %d of that run", path, step)
   return jax.tree.map(np.asarray, params)
 
 
-def load(config, abstract_params) -> dict[tuple[str, ...], np.ndarray]:
-  """The weights of config.model.init_from fitted to `abstract_params` (the model's parameter
-  shapes): {parameter path: array}. Parameters missing from the result keep their fresh
-  initialisation (only ever the logit bias)."""
-  path = os.path.abspath(os.path.expanduser(config.model.init_from))
+def load(init_from: str, *, model_config, image_size: int, context_length: int,
+         abstract_params) -> dict[tuple[str, ...], np.ndarray]:
+  """The weights at `init_from` (config.model.init_from) fitted to `abstract_params` (the shapes
+  of the parameters of the model that model_config, image_size and context_length describe):
+  {parameter path: array}. Parameters missing from the result keep their fresh initialisation
+  (only ever the logit bias)."""
+  target = architecture(model_config, image_size)
+  path = os.path.abspath(os.path.expanduser(init_from))
   if os.path.isfile(path):
     if not path.endswith(STATE_DICT_SUFFIXES):
       raise ConfigError(f"config.model.init_from={path}: a file, but not a state dict "
                         f"({', '.join(STATE_DICT_SUFFIXES)}); or give a run's workdir.")
-    loaded = _from_state_dict(path, config)
+    loaded = _from_state_dict(path, model_config, target, context_length)
   elif os.path.isdir(path):
-    loaded = _from_run(path, config)
+    loaded = _from_run(path, target, context_length)
   else:
     raise ConfigError(f"config.model.init_from={path}: no such file or directory.")
   return fit(loaded, abstract_params, path)

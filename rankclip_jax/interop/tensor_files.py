@@ -23,6 +23,8 @@ from typing import Mapping
 import ml_dtypes
 import numpy as np
 
+from rankclip_jax.errors import UserError
+
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -50,7 +52,7 @@ TO_STATE_DICT_HINT = (
     "(for a pickled nn.Module: torch.load(..., weights_only=False).state_dict()).")
 
 
-class WeightFileError(ValueError):
+class WeightFileError(UserError, ValueError):
   """A weight file that cannot be read; the message names the file and what to do."""
 
 

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 from rankclip_jax.losses import contrastive
 from rankclip_jax.losses import ranking
 from rankclip_jax.losses import rowwise
+from rankclip_jax.registry import Registry
 
-SCHEDULES = ("ramp", "constant")
+# The ranking-weight schedules (config.loss.weight_schedule): (step, total_steps) -> multiplier.
+SCHEDULES = Registry("config.loss.weight_schedule")
 
 
 def rankclip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
@@ -84,13 +86,22 @@ def ranking_weight_multiplier(step, total_steps, schedule: str) -> jax.Array:
   The trainer uses weight = config_weight * multiplier; config_weight = 1/16 with 'ramp' reproduces
   the authors' r(t) / 16.
   """
-  if schedule == "constant":
-    return jnp.ones((), jnp.float32)
-  if schedule != "ramp":
-    raise ValueError(f"Unknown ranking weight schedule {schedule!r}; allowed: {SCHEDULES}.")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"Unknown ranking weight schedule {schedule!r}; allowed: {SCHEDULES.names()}.")
+  return SCHEDULES.get(schedule)(step, total_steps)
+
+
+@SCHEDULES.register("ramp")
+def _ramp(step, total_steps) -> jax.Array:
   if isinstance(total_steps, (int, float)) and total_steps <= 0:
     raise ValueError(f"total_steps must be positive for the 'ramp' schedule, got {total_steps}.")
   step = jnp.asarray(step, jnp.float32)
   # (3 * step) / total rather than 3 * (step / total): exact at step = total/3 and 2*total/3
   # whenever those are integers.
   return jnp.clip(3.0 * step / jnp.asarray(total_steps, jnp.float32), 0.0, 2.0)
+
+
+@SCHEDULES.register("constant")
+def _constant(step, total_steps) -> jax.Array:
+  del step, total_steps
+  return jnp.ones((), jnp.float32)

@@ -1,0 +1,38 @@
+"""Train and evaluate a RankCLIP (or CLIP) model: the `rankclip-train` command (and `main.py` at the
+top of the repository, the same).
+
+  python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo \
+      --config.total_steps=2000 --config.loss.cross_weight=0.1
+
+Running the same command again resumes from the last checkpoint in --workdir.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rankclip_jax import cli, train
+from rankclip_jax.errors import USER_ERRORS
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py); override fields with "
+    "--config.<field>=<value>.", lock_config=True)
+_WORKDIR = cli.workdir_flag("Directory for checkpoints, metrics and results.")
+
+
+def main(argv):
+  cli.start(argv)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR())
+  except USER_ERRORS as e:
+    raise SystemExit(f"Error: {e}") from None
+
+
+def run():
+  """The `rankclip-train` command."""
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

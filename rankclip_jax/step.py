@@ -1,0 +1,139 @@
+"""One training step, as pure functions of arrays: the train state, how a batch is embedded, the
+loss and its gradient (optionally by contrastive gradient accumulation), the update.
+
+Nothing here reads a config; rankclip_jax/train.py builds the jitted step from these.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from rankclip_jax import optim
+from rankclip_jax import sharding as shd
+from rankclip_jax.data.records import SKIP_KINDS
+from rankclip_jax.models.two_towers import LOGIT_SCALE_MAX, clamp_logit_scale, l2_normalize
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  # Running total of training examples the input pipeline skipped, per kind (data.records
+  # SKIP_KINDS): part of the state so that it is exact across hosts and survives resumption.
+  data_skipped: jax.Array
+
+
+def init_state(tx, params) -> TrainState:
+  """A fresh TrainState at step 0 around `params` (random or pretrained)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    data_skipped=jnp.zeros((len(SKIP_KINDS),), jnp.int32))
+
+
+def state_shardings(abstract_state: TrainState, param_shardings, mesh) -> TrainState:
+  """Parameters as given, the optimizer's moments like the parameters, counters replicated."""
+  return TrainState(step=shd.replicated(mesh), params=param_shardings,
+                    opt_state=shd.shardings_like(abstract_state.opt_state, param_shardings, mesh),
+                    data_skipped=shd.replicated(mesh))
+
+
+def embed_images(model, params, batch):
+  """-> (image embeddings, text embeddings, logit scale) of a batch of (image, caption) pairs."""
+  return model.apply({"params": params}, batch["image"], batch["text"])
+
+
+def embed_image_pairs(model, params, batch):
+  """A batch of image pairs (PC-CLIP: "image_a", "image_b") embedded as normalize(v_a - v_b), the
+  difference of the two normalised image embeddings, which the comparative caption must match."""
+  n = batch["image_a"].shape[0]
+  images = jnp.concatenate([batch["image_a"], batch["image_b"]])
+  image_emb, text_emb, logit_scale = model.apply({"params": params}, images, batch["text"])
+  return l2_normalize(image_emb[:n] - image_emb[n:]), text_emb, logit_scale
+
+
+# How a batch is embedded, by the image fields its source kind gives (data/sources.py).
+EMBEDDINGS: dict[tuple[str, ...], Callable] = {("image",): embed_images,
+                                               ("image_a", "image_b"): embed_image_pairs}
+
+
+def _split_microbatches(x, m):
+  """[B, ...] -> [m, B/m, ...], micro-batch k = rows k, m + k, 2m + k, ...: strided, so each
+  micro-batch is spread over every device's block of the batch."""
+  return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+
+
+def _merge_microbatches(x):
+  """Inverse of _split_microbatches: [m, B/m, ...] -> [B, ...] in the original row order."""
+  return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def loss_and_grads(params, batch, step, *, model, objective, microbatches: int = 1,
+                   embed: Callable = embed_images):
+  """((loss, metrics), grads) of the objective on one global batch, embedded by `embed`.
+
+  microbatches > 1: contrastive gradient accumulation (GradCache, Gao et al. 2021). The loss couples
+  every pair of the batch, so summing per-micro-batch gradients would be wrong; instead
+    1. embed the whole batch, micro-batch by micro-batch, without gradient;
+    2. take the gradient of the loss w.r.t. the embeddings (and logit scale/bias) on the full batch;
+    3. re-embed each micro-batch and backpropagate its slice of that gradient into the towers.
+  Activation memory is one micro-batch's; the gradient equals the full-batch one (float tolerance).
+  """
+
+  if microbatches == 1:
+    def full(p):
+      image_emb, text_emb, logit_scale = embed(model, p, batch)
+      return objective(image_emb, text_emb, logit_scale, p.get("logit_bias"), step)
+    return jax.value_and_grad(full, has_aux=True)(params)
+
+  def scalars(p):
+    _, _, logit_scale = model.apply({"params": p}, None, None)  # no tower runs
+    return logit_scale, p.get("logit_bias")
+
+  def embed_micro(p, mb):
+    image_emb, text_emb, _ = embed(model, p, mb)
+    return image_emb, text_emb
+
+  micro = jax.tree.map(lambda x: _split_microbatches(x, microbatches), batch)
+  image_m, text_m = jax.lax.map(lambda mb: embed_micro(jax.lax.stop_gradient(params), mb), micro)
+  image_emb, text_emb = _merge_microbatches(image_m), _merge_microbatches(text_m)
+
+  def from_embeddings(image_emb, text_emb, p):
+    return objective(image_emb, text_emb, *scalars(p), step)
+
+  (loss, metrics), (g_image, g_text, grads) = jax.value_and_grad(
+      from_embeddings, argnums=(0, 1, 2), has_aux=True)(image_emb, text_emb, params)
+
+  def backprop(acc, xs):
+    mb, gi, gt = xs
+    _, vjp = jax.vjp(lambda p: embed_micro(p, mb), params)
+    (g,) = vjp((gi, gt))
+    return jax.tree.map(jnp.add, acc, g), None
+
+  grads, _ = jax.lax.scan(backprop, grads, (micro, _split_microbatches(g_image, microbatches),
+                                            _split_microbatches(g_text, microbatches)))
+  return (loss, metrics), grads
+
+
+def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
+               freeze_regex: str = "", embed: Callable = embed_images):
+  model_batch = {k: v for k, v in batch.items() if k != "skipped"}
+  (_, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
+                                       objective=objective, microbatches=microbatches,
+                                       embed=embed)
+  if freeze_regex:  # frozen parameters: no gradient, so XLA drops their backward pass
+    grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads,
+                         optim.frozen_mask(grads, freeze_regex))
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
+  params = dict(params, logit_scale=clamp_logit_scale(params["logit_scale"], LOGIT_SCALE_MAX))
+  metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
+                 param_norm=optax.global_norm(params))
+  data_skipped = state.data_skipped + jnp.sum(batch["skipped"], axis=0, dtype=jnp.int32)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    data_skipped=data_skipped), dict(metrics, data_skipped=data_skipped)
