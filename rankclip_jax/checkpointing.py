@@ -3,14 +3,24 @@
 Layout: <workdir>/checkpoints/<step>/{state, data, config}. Orbax writes each checkpoint into a
 temporary directory and renames it only once complete, so an interrupted save never leaves a torn
 checkpoint behind: at restore the latest *finished* step is used and leftovers are cleaned up.
+
+A finished checkpoint damaged later (a file deleted or truncated) or one that does not match the
+tree asked for never blocks a resume or an evaluation: the newest readable checkpoint is used, with
+a warning naming the damaged one. Resuming moves the damaged step folders aside to
+<step>.damaged (Orbax lists only integer names; nothing is deleted) since training writes that step
+again; evaluating and loading only read. A save that fails (no space left, no permission) is one
+CheckpointError naming the folder, the step and the cause, whether Orbax raises it at once or, for
+an asynchronous save, at the next save or wait; the earlier checkpoints stay as they were.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional, TypeVar
 
 import grain
 import jax
@@ -20,8 +30,59 @@ from absl import logging
 from etils import epath
 
 from rankclip_jax import defaults
+from rankclip_jax.errors import UserError
 
 STATE, DATA, CONFIG = "state", "data", "config"
+T = TypeVar("T")
+
+
+class CheckpointError(UserError, OSError):
+  """A checkpoint cannot be read or written: the message names the folder, the step, what is wrong
+  and what to do. `reason` is the cause alone, one line."""
+
+  def __init__(self, message: str, *, reason: str = ""):
+    super().__init__(message)
+    self.reason = reason or message
+
+
+def is_damage(e: BaseException) -> bool:
+  """Whether `e`, raised while reading a finished checkpoint, says its files are damaged or do not
+  match the tree asked for, rather than a bug or a mistake in what the user gave (a UserError other
+  than CheckpointError). What Orbax 0.12 (tensorstore, grain) raises, as observed on damaged
+  checkpoints (tests/test_checkpoint_faults.py):
+
+    ValueError   tensorstore's errors (NOT_FOUND, DATA_LOSS, OUT_OF_RANGE: a deleted or truncated
+                 array file or OCDBT manifest); a tree or shape that does not match the arrays
+                 saved; json.JSONDecodeError of a truncated _METADATA, config or data position;
+    KeyError     an item folder (state/, config/) missing: 'Item "state" was not found';
+    OSError      FileNotFoundError of a missing config file or state folder;
+    Exception    exactly Exception: Orbax's array reads wrap every tensorstore read error in a
+                 plain Exception ("Encountered error while reading array index"), the cause chained.
+  """
+  if isinstance(e, CheckpointError):
+    return True
+  if isinstance(e, UserError):
+    return False
+  plain = type(e) is Exception  # pylint: disable=unidiomatic-typecheck
+  return plain or isinstance(e, (ValueError, KeyError, OSError))
+
+
+# The full tensorstore spec that tensorstore's errors end with ([tensorstore_spec='{...}']).
+_TENSORSTORE_SPEC = re.compile(r" ?\[tensorstore_spec(\[\d+\])?='(?:[^'\\]|\\.)*'\]")
+
+
+def describe(e: BaseException, limit: int = 480) -> str:
+  """The innermost cause of `e` as one line, "<type>: <message>", its middle elided past `limit`
+  characters (the start says what failed, the end why: "... No space left on device")."""
+  if isinstance(e, CheckpointError):
+    return e.reason
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = e.args[0] if isinstance(e, KeyError) and e.args else e
+  text = _TENSORSTORE_SPEC.sub("", " ".join(str(text).split()))
+  if len(text) > limit:
+    text = f"{text[:limit // 2 - 10]} ... {text[-(limit // 2):]}"
+  return f"{type(e).__name__}: {text}"
 
 
 def absolute_path(path: str) -> str:
@@ -52,6 +113,8 @@ def resolve_run(path: str) -> tuple[str, Optional[int]]:
 class Checkpointer:
   """Periodic + final saves, keep the last `keep`, automatic resume."""
 
+  _barriers = itertools.count()  # unique names for the barriers of _move_aside
+
   def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
     """every_steps and keep > 0 (config.checkpoint's, checked by config validation)."""
     self.directory = epath.Path(absolute_path(directory))
@@ -66,6 +129,7 @@ class Checkpointer:
             DATA: grain.checkpoint.CheckpointHandler(),
             CONFIG: ocp.JsonCheckpointHandler(),
         })
+    self._pending: Optional[int] = None  # the step of the asynchronous save in flight
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -84,6 +148,54 @@ class Checkpointer:
           f"{self.directory}: no checkpoint for step {step}; have {self.all_steps()}.")
     return step
 
+  def newest_readable(self, read: Callable[[int], T], step: Optional[int] = None) -> tuple[int, T]:
+    """(step, read(step)) for `step`; when None, for the newest checkpoint that `read` can read:
+    a damaged one (see is_damage) is skipped with a warning naming it. Nothing is moved or deleted.
+
+    `read(step)` reads what the caller needs of one checkpoint (config and parameters together,
+    so that both come from the same step). FileNotFoundError when `step` (or any checkpoint) does
+    not exist, CheckpointError when `step` is damaged or no checkpoint is readable.
+    """
+    step, value, _ = self._newest_readable(read, step)
+    return step, value
+
+  def _newest_readable(self, read: Callable[[int], T], step: Optional[int],
+                       ) -> tuple[int, T, list[tuple[int, str]]]:
+    """newest_readable's (step, value) and the damaged steps skipped, [(step, reason)]."""
+    if step is not None:
+      self.resolve_step(step)
+      try:
+        return step, read(step), []
+      except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e):
+          raise
+        raise CheckpointError(
+            f"{self.directory / str(step)}: the checkpoint of step {step} cannot be read "
+            f"({describe(e)}). Ask for another step (the run has {self.all_steps()}), or for none "
+            "to use the newest readable one.", reason=describe(e)) from e
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      self.resolve_step(None)  # FileNotFoundError: no finished checkpoint
+    damaged = []
+    for s in steps:
+      try:
+        return s, read(s), damaged
+      except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e):
+          raise
+        damaged.append((s, describe(e)))
+        logging.warning("Checkpoint %s is damaged or does not match this run (%s); trying the one "
+                        "before.", self.directory / str(s), describe(e))
+    by_reason = {}  # the same reason for every step (a changed config) said once
+    for s, reason in damaged:
+      by_reason.setdefault(reason, []).append(str(s))
+    tried = "; ".join(f"step{'s' * (len(ss) > 1)} {', '.join(ss)}: {reason}"
+                      for reason, ss in by_reason.items())
+    raise CheckpointError(
+        f"{self.directory}: no checkpoint can be read ({tried}). If the config changed the model "
+        "or the optimizer, use the run's own config; otherwise move this folder elsewhere "
+        "(keeping it) to start the run over.", reason=tried)
+
   def save(self, step: int, state: Any, data_iterator=None, config_dict: Optional[dict] = None,
            *, force: bool = False) -> bool:
     """Saves if `step` is a multiple of every_steps, or if `force`; returns whether it saved.
@@ -97,23 +209,49 @@ class Checkpointer:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if config_dict is not None:
       items[CONFIG] = ocp.args.JsonSave(config_dict)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.wait()  # an earlier asynchronous save that failed is reported as its own step's
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    self._pending = step
+    return saved
 
   def restore(self, abstract_state: Any, data_iterator=None, step: Optional[int] = None):
-    """Restores `step` (default: latest) into arrays with the shardings of `abstract_state`.
+    """Restores `step` (default: the newest readable) into arrays with the shardings of
+    `abstract_state`, to resume training.
 
     `abstract_state` is a tree of jax.ShapeDtypeStruct carrying the target shardings; the data
     iterator, if given, is moved to its saved position in place. Returns (step, state) or None when
-    there is nothing to resume from.
+    there is nothing to resume from. Newer checkpoints found damaged (see newest_readable) are
+    moved aside to <step>.damaged by process 0, since training writes those steps again; a damaged
+    `step` asked for, or no readable checkpoint at all, is a CheckpointError and moves nothing.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    if step is None and self.latest_step() is None:
       return None
+    start = data_iterator.get_state() if data_iterator is not None else None
+    tries = itertools.count()
+
+    def read(s):
+      if next(tries) and data_iterator is not None:
+        data_iterator.set_state(start)  # a failed try may have moved it
+      return self._restore_step(s, abstract_state, data_iterator)
+
+    step, state, damaged = self._newest_readable(read, step)
+    if damaged:
+      self._move_aside([s for s, _ in damaged])
+      logging.warning("Resuming from checkpoint %d in %s instead of the damaged %s.", step,
+                      self.directory, ", ".join(str(s) for s, _ in damaged))
+    return step, state
+
+  def _restore_step(self, step: int, abstract_state: Any, data_iterator=None):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     data_states = self._data_states(step) if data_iterator is not None else None
     same_processes = data_states is not None and len(data_states) == jax.process_count()
     if same_processes:
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    if (self.directory / str(step) / CONFIG).exists():
+      items[CONFIG] = ocp.args.JsonRestore()  # not used, but a damaged config is a damaged step
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if data_states and not same_processes:
       state = remap_data_position(data_states, jax.process_index(), jax.process_count())
@@ -123,7 +261,31 @@ class Checkpointer:
           "process %d); examples some processes had already read may be seen again.",
           step, len(data_states), jax.process_count(), state, jax.process_index())
       data_iterator.set_state(state)
-    return step, restored[STATE]
+    return restored[STATE]
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames the folders of `steps` to <step>.damaged (or <step>.damaged-<n>, n = 1, 2, ... if
+    taken) in the same folder, on process 0 (the others wait for it), and refreshes Orbax's list
+    of steps: a name that is not an integer is no step to Orbax, nor one of its temporary folders,
+    so it is neither listed, nor cleaned up, nor in the way of the step saved again."""
+    if jax.process_index() == 0:
+      for s in steps:
+        target = self.directory / f"{s}.damaged"
+        for n in itertools.count(1):
+          if not target.exists():
+            break
+          target = self.directory / f"{s}.damaged-{n}"
+        try:
+          (self.directory / str(s)).rename(target)
+        except Exception as e:  # pylint: disable=broad-except
+          raise CheckpointError(
+              f"{self.directory / str(s)}: the checkpoint of step {s} is damaged, and moving it "
+              f"aside to {target} failed ({describe(e)}). Move it out of {self.directory} by "
+              "hand, then run the same command again.", reason=describe(e)) from e
+        logging.warning("Moved the damaged checkpoint %s aside to %s (kept, not deleted).",
+                        self.directory / str(s), target)
+    ocp.multihost.sync_global_processes(f"rankclip_jax_move_aside_{next(self._barriers)}")
+    self.manager.reload()
 
   def _data_states(self, step: int) -> Optional[list[dict]]:
     """The input pipeline's saved state of each process that saved `step` (files
@@ -136,18 +298,21 @@ class Checkpointer:
       m = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", path.name)
       if m:
         found[int(m.group(1))] = (int(m.group(2)), json.loads(path.read_text()))
-    if not found:
-      return None
+    if not found:  # grain writes one file per process: none at all is a damaged checkpoint
+      raise FileNotFoundError(f"{folder}: no data position file (process_<i>-of-<n>.json).")
     count = next(iter(found.values()))[0]
     if sorted(found) != list(range(count)):
       raise ValueError(f"{folder}: data positions of processes {sorted(found)} of {count}.")
     return [found[i][1] for i in range(count)]
 
   def restore_params(self, abstract_params: Any, step: Optional[int] = None) -> Any:
-    """Only the model parameters of `step` (default: latest), into the shardings carried by
-    `abstract_params`: no optimizer state is read. Works for training checkpoints (a TrainState)
-    and for converted models (whose state holds only {"params": ...})."""
-    step = self.resolve_step(step)
+    """Only the model parameters of `step` (default: the newest readable, see newest_readable),
+    into the shardings carried by `abstract_params`: no optimizer state is read. Works for
+    training checkpoints (a TrainState) and for converted models (whose state holds only
+    {"params": ...})."""
+    return self.newest_readable(lambda s: self._restore_params(abstract_params, s), step)[1]
+
+  def _restore_params(self, abstract_params: Any, step: int) -> Any:
     target = {"params": abstract_params}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -158,8 +323,13 @@ class Checkpointer:
     return restored["params"]
 
   def saved_config(self, step: Optional[int] = None):
-    """The config saved with `step`, over the current defaults (rankclip_jax/defaults.py), so
-    that runs written before a field existed still load; `evals` is taken as saved, not merged."""
+    """The config saved with `step` (default: the newest readable, see newest_readable), over the
+    current defaults (rankclip_jax/defaults.py), so that runs written before a field existed still
+    load; `evals` is taken as saved, not merged."""
+    return self.newest_readable(self._saved_config, step)[1]
+
+  def _saved_config(self, step: int):
+    """saved_config of `step`, as it is on disk (no fallback)."""
 
     def merge(node, values: dict[str, Any]):
       for key, value in values.items():
@@ -182,11 +352,44 @@ class Checkpointer:
     return restored[CONFIG]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Waits for the asynchronous save in flight; CheckpointError if it failed. A failure is
+    raised once (Orbax raises it again in each thread that waits: those are logged)."""
+    step, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if step is None:  # reported already, to another thread
+        logging.warning("A failed save, already reported: %s", describe(e))
+        return
+      raise self._save_error(step, e) from e
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight and closes the manager. A failure of that save is raised here
+    only if no other error is already on its way (train.py closes in its teardown): the first error
+    stays the one reported, the later one is logged."""
+    unwinding = sys.exc_info()[1] is not None
+    try:
+      self.wait()
+    except CheckpointError as e:
+      if not unwinding:
+        raise
+      logging.error("%s", e)
+    finally:
+      self.manager.close()
+
+  def _save_error(self, step: int, e: BaseException) -> CheckpointError:
+    """The CheckpointError for the failed save of `step`, naming the checkpoints still there."""
+    try:
+      self.manager.reload()  # Orbax's list may have dropped the steps this save was to replace
+      steps = self.all_steps()
+      there = (f"the checkpoints there are {steps}" if step in steps else
+               f"it is not kept; the checkpoints there, {steps}, are as they were")
+    except Exception:  # pylint: disable=broad-except
+      there = "the earlier checkpoints were not touched"
+    return CheckpointError(
+        f"{self.directory}: the checkpoint of step {step} could not be written ({describe(e)}); "
+        f"{there}. Free space or fix the folder's permissions (or use another --workdir), then run "
+        "the same command again to resume from the last checkpoint.", reason=describe(e))
 
 
 def remap_data_position(states: list[dict], process_index: int, process_count: int) -> dict:

@@ -89,6 +89,8 @@ def _validate_run(c, n: int, p: int) -> None:
   _require(c.microbatches >= 1 and c.batch_size % (c.microbatches * n) == 0,
            f"config.microbatches={c.microbatches}: the global batch {c.batch_size} must split into "
            f"that many micro-batches, each divisible by the {n} devices.")
+  _require(c.get("max_nonfinite_steps", 1) >= 1,
+           f"config.max_nonfinite_steps={c.get('max_nonfinite_steps')} must be >= 1.")
   _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
            "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
   _require(c.get("peak_tflops", 0) >= 0, f"config.peak_tflops={c.get('peak_tflops')} must be >= 0 "

@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   # when first > 0 (view in TensorBoard's profile tab or Perfetto).
   c.peak_tflops = 0.0
   c.profile_steps = (0, 0)
+  # A step whose loss or gradient is not finite (NaN, inf) changes nothing (its update is skipped,
+  # counted as train/skipped_nonfinite_steps); this many such steps in a row stop the run.
+  c.max_nonfinite_steps = 10
 
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"  # micro | tiny | S/16 | B/32 | B/16 | L/14 (models.SIZES) | custom

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import flags
 from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
@@ -35,14 +35,15 @@ from rankclip_jax.model_setup import ModelSetup
 def evaluate_run(workdir: str, *, step: Optional[int] = None,
                  evals: Optional[ml_collections.ConfigDict] = None,
                  eval_data_dir: str = "") -> tuple[int, dict[str, Any]]:
-  """Restores `step` (default: latest) of the run in `workdir`, runs the evaluators, writes the
-  results (see the module docstring) and returns (step, metrics)."""
+  """Restores `step` (default: the newest readable, a damaged latest checkpoint skipped with a
+  warning) of the run in `workdir`, runs the evaluators, writes the results (see the module
+  docstring) and returns (step, metrics)."""
   workdir = checkpointing.absolute_path(workdir)
   ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
                                     keep=1_000_000, async_save=False)
-  try:
-    step = ckpt.resolve_step(step)
-    config = ckpt.saved_config(step)
+
+  def read(s):  # config and parameters of one step
+    config = ckpt.saved_config(s)
     if evals is not None:
       config.evals = evals
     if eval_data_dir:
@@ -51,7 +52,10 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
     # All local devices, batch-parallel, whatever mesh trained the run.
     setup = ModelSetup(config, mesh=shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1))))
     evaluators = setup.evaluators()
-    params = setup.restore_params(ckpt, step)
+    return setup, evaluators, setup.restore_params(ckpt, s)
+
+  try:
+    step, (setup, evaluators, params) = ckpt.newest_readable(read, step)
   finally:
     ckpt.close()
   metrics, pictures = evaluators.run(setup.embedder(), params)
@@ -80,7 +84,12 @@ _EVAL_DATA_DIR = flags.DEFINE_string(
 
 def main(argv):
   cli.start(argv)
-  evals = _EVALS.value.evals if _EVALS.value is not None else None
+  evals = None
+  if _EVALS.value is not None:
+    if "evals" not in _EVALS.value:
+      cli.usage_error(f"--evals={flags.FLAGS['evals'].config_filename}: its config has no "
+                      "field evals; give an experiment config (configs/*.py) that has one.")
+    evals = _EVALS.value.evals
   try:
     step, metrics = evaluate_run(_WORKDIR(), step=_STEP(), evals=evals,
                                  eval_data_dir=_EVAL_DATA_DIR.value)
@@ -92,9 +101,8 @@ def main(argv):
 
 
 def run():
-  """The `rankclip-evaluate` command."""
-  flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  """The `rankclip-evaluate` command (a command-line mistake: one `Error:` line, exit status 2)."""
+  cli.run(main, required=["workdir"])
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ top of the repository, the same).
 Running the same command again resumes from the last checkpoint in --workdir.
 """
 
-from absl import app
-from absl import flags
 from ml_collections import config_flags
 
 from rankclip_jax import cli, train
@@ -29,9 +27,8 @@ def main(argv):
 
 
 def run():
-  """The `rankclip-train` command."""
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  """The `rankclip-train` command (a command-line mistake: one `Error:` line, exit status 2)."""
+  cli.run(main, required=["config", "workdir"])
 
 
 if __name__ == "__main__":

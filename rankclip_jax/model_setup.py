@@ -89,22 +89,26 @@ class ModelSetup:
 
 def restore_run(path: str, *, step: Optional[int] = None, device: Optional[jax.Device] = None,
                 check: Optional[Callable[[ml_collections.ConfigDict], None]] = None):
-  """(config, setup, params, step) of a run's checkpoint (latest, or `step`): its saved config, the
-  ModelSetup it describes on `device` (default: the first local one), and only its parameters,
-  whatever mesh wrote them. `check(config)` runs before any parameter is read.
+  """(config, setup, params, step) of a run's checkpoint (`step`, or the newest readable one: a
+  damaged latest checkpoint is skipped with a warning, see Checkpointer.newest_readable): its saved
+  config, the ModelSetup it describes on `device` (default: the first local one), and only its
+  parameters, whatever mesh wrote them. `check(config)` runs before any parameter is read.
 
   path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted by
   `python -m rankclip_jax.convert` (the same layout).
   """
   directory, path_step = checkpointing.resolve_run(path)
   ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
-  try:
-    step = ckpt.resolve_step(path_step if step is None else step)
-    config = ckpt.saved_config(step)
+
+  def read(s):  # config and parameters of one step: a damaged latest one falls back as a whole
+    config = ckpt.saved_config(s)
     if check is not None:
       check(config)
     setup = ModelSetup.on_device(config, device)
-    params = setup.restore_params(ckpt, step)
+    return config, setup, setup.restore_params(ckpt, s)
+
+  try:
+    step, (config, setup, params) = ckpt.newest_readable(read, path_step if step is None else step)
   finally:
     ckpt.close()
   return config, setup, params, int(step)

@@ -2,7 +2,9 @@
 
 AdamW with linear warmup then cosine decay; no weight decay on parameters whose path matches
 config.optim.no_decay_regex (LayerNorm scales and biases, every bias, the logit scale, position
-embeddings and the class token by default); optional global-norm gradient clipping.
+embeddings and the class token by default); optional global-norm gradient clipping. The whole is
+wrapped in optax.apply_if_finite: a gradient with a NaN or inf is not applied (parameters and the
+inner optimizer state stay as they were) and counted (nonfinite_counts).
 """
 
 from __future__ import annotations
@@ -64,4 +66,14 @@ def make_optimizer(optim_config, total_steps: int):
     label = lambda p: jax.tree.map(lambda f: "frozen" if f else "trained",  # pylint: disable=g-long-lambda
                                    frozen_mask(p, freeze_regex))
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
-  return tx, schedule
+  # Never give up and apply a non-finite update: the trainer stops the run instead
+  # (config.max_nonfinite_steps).
+  return optax.apply_if_finite(tx, max_consecutive_errors=NEVER), schedule
+
+
+NEVER = 2 ** 31 - 1  # optax's counter saturates at the int32 maximum, so it is never exceeded
+
+
+def nonfinite_counts(opt_state) -> tuple[jax.Array, jax.Array]:
+  """(non-finite updates in a row up to now, non-finite updates in all) of make_optimizer's state."""
+  return opt_state.notfinite_count, opt_state.total_notfinite

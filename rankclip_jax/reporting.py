@@ -4,7 +4,6 @@ writer, results table, pictures), the config as TensorBoard hparams, and the pro
 from __future__ import annotations
 
 import io
-import math
 import os
 import time
 from typing import Any
@@ -71,8 +70,7 @@ class Progress:
       if self.peak:
         scalars["perf/mfu"] = self.flops_per_step * steps_per_s / (self.peak * jax.device_count())
     self.writer.write_scalars(step, scalars)
-    if not math.isfinite(scalars["train/loss"]):
-      raise FloatingPointError(f"Loss is {scalars['train/loss']} at step {step}; stopping.")
+    nonfinite = int(scalars.get("train/skipped_nonfinite_steps", 0))
     terms = ", ".join(f"{short} {scalars['train/' + key]:.4f}"
                       for key, short in _PROGRESS_TERMS if "train/" + key in scalars)
     say(f"step {step}/{self.total} | loss {scalars['train/loss']:.4f} ({terms}) "
@@ -80,7 +78,8 @@ class Progress:
         f"{format_duration((self.total - step) / max(steps_per_s, 1e-9))}"
         + (f" | MFU {scalars['perf/mfu']:.1%}" if "perf/mfu" in scalars else "")
         + (f" | skipped {sum(skipped.values())} bad examples so far" if any(skipped.values())
-           else ""))
+           else "")
+        + (f" | skipped {nonfinite} non-finite steps so far" if nonfinite else ""))
     return scalars
 
   def finished(self, start_step: int):

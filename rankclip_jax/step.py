@@ -122,9 +122,13 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
                freeze_regex: str = "", embed: Callable = embed_images):
   model_batch = {k: v for k, v in batch.items() if k != "skipped"}
-  (_, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
-                                       objective=objective, microbatches=microbatches,
-                                       embed=embed)
+  (loss, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
+                                          objective=objective, microbatches=microbatches,
+                                          embed=embed)
+  # A non-finite loss makes the whole gradient non-finite, so that the optimizer's apply_if_finite
+  # skips the step even when the gradient happened to stay finite.
+  finite_loss = jnp.isfinite(loss)
+  grads = jax.tree.map(lambda g: jnp.where(finite_loss, g, jnp.nan), grads)
   if freeze_regex:  # frozen parameters: no gradient, so XLA drops their backward pass
     grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads,
                          optim.frozen_mask(grads, freeze_regex))
@@ -132,8 +136,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   params = optax.apply_updates(state.params, updates)
   # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
   params = dict(params, logit_scale=clamp_logit_scale(params["logit_scale"], LOGIT_SCALE_MAX))
+  in_a_row, skipped_steps = optim.nonfinite_counts(opt_state)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
-                 param_norm=optax.global_norm(params))
+                 param_norm=optax.global_norm(params), nonfinite_in_a_row=in_a_row,
+                 skipped_nonfinite_steps=skipped_steps)
   data_skipped = state.data_skipped + jnp.sum(batch["skipped"], axis=0, dtype=jnp.int32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                     data_skipped=data_skipped), dict(metrics, data_skipped=data_skipped)

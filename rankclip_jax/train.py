@@ -36,6 +36,7 @@ from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.data.sources import SOURCES
 from rankclip_jax.interop import pretrained
 from rankclip_jax.model_setup import ModelSetup
+from rankclip_jax.nonfinite import NonFiniteGuard
 from rankclip_jax.preemption import Preemption
 from rankclip_jax.reporting import say
 
@@ -189,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"{dict(trainer.mesh.shape)}; workdir {workdir}")
 
     # --- Step reporting: the step's FLOPs for MFU (tracing the step again takes seconds: on CPU
-    # only when a peak is given), the progress line, the profiler, SIGTERM.
+    # only when a peak is given), the progress line, the profiler, SIGTERM, non-finite steps.
     on_cpu = jax.devices()[0].platform == "cpu"
     flops_per_step = trainer.step_flops() if not on_cpu or config.peak_tflops else None
     progress = reporting.Progress(
@@ -199,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                    config.model.dtype, config.peak_tflops))
     profiler = reporting.Profiler(workdir, *config.profile_steps)
     preemption = teardown.enter_context(Preemption())
+    nonfinite = NonFiniteGuard(config.max_nonfinite_steps, ckpt.all_steps, str(ckpt.directory))
 
     def evaluate(step, names=None):
       t0 = time.time()
@@ -207,9 +209,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write_scalars(step, {"eval_seconds": time.time() - t0})
       return metrics
 
-    # --- The loop: step, report, stop on SIGTERM, checkpoint, evaluate.
+    # --- The loop: step, watch for non-finite steps, report, stop on SIGTERM, checkpoint, evaluate.
     for step in range(start_step + 1, total + 1):
       state, metrics = profiler.step(step, lambda: trainer.step(state, next(train_iter)))  # pylint: disable=cell-var-from-loop
+      nonfinite.after_step(step, metrics)
       if progress.due(step):
         progress.report(step, metrics)
       if step != total and preemption.reached(step):
@@ -222,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step != total and evaluators.due(step):
         say(reporting.eval_line(step, evaluate(step, evaluators.due(step))))
         progress.restart_clock()
+    nonfinite.flush()
     if start_step < total:
       progress.finished(start_step)
     elif ckpt.latest_step() != total:  # a finished run started again, its last save lost
