@@ -68,6 +68,9 @@ def _validate_model(c) -> None:
   _require(c.model.remat_policy in REMAT_POLICIES,
            f"config.model.remat_policy={c.model.remat_policy!r}; choose one of "
            f"{sorted(REMAT_POLICIES)}.")
+  _require(0.0 <= c.model.patch_dropout < 1.0,
+           f"config.model.patch_dropout={c.model.patch_dropout} must be in [0, 1) (the share of "
+           "patch tokens dropped in training; 0: none).")
   _require(c.model.init_scale > 0, f"config.model.init_scale={c.model.init_scale} must be > 0.")
   _require(c.context_length >= 3, f"config.context_length={c.context_length} must be >= 3.")
   try:

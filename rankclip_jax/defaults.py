@@ -58,6 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False
+  # FLIP-style patch dropout (Li et al. 2023): the share of each training image's patch tokens
+  # dropped at random before the image tower (class token kept; a new draw per image and step from
+  # (seed, step), so resumption is exact). The image tower's cost falls about in proportion. Never
+  # at evaluation, in rankclip_jax.load or in export.
+  c.model.patch_dropout = 0.0
   c.model.init_scale = 1 / 0.07  # initial exp(logit_scale), clamped to 100 (CLIP); SigLIP: 10
   c.model.init_bias = -10.0  # initial logit bias, for losses that have one (SigLIP)
   c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32

@@ -42,17 +42,23 @@ def state_shardings(abstract_state: TrainState, param_shardings, mesh) -> TrainS
                     data_skipped=shd.replicated(mesh))
 
 
-def embed_images(model, params, batch):
+def _apply(model, params, images, texts, rng):
+  """The model in training mode: rng drives its training-only randomness (patch dropout)."""
+  return model.apply({"params": params}, images, texts, train=True,
+                     rngs={"patch_dropout": rng})
+
+
+def embed_images(model, params, batch, rng):
   """-> (image embeddings, text embeddings, logit scale) of a batch of (image, caption) pairs."""
-  return model.apply({"params": params}, batch["image"], batch["text"])
+  return _apply(model, params, batch["image"], batch["text"], rng)
 
 
-def embed_image_pairs(model, params, batch):
+def embed_image_pairs(model, params, batch, rng):
   """A batch of image pairs (PC-CLIP: "image_a", "image_b") embedded as normalize(v_a - v_b), the
   difference of the two normalised image embeddings, which the comparative caption must match."""
   n = batch["image_a"].shape[0]
   images = jnp.concatenate([batch["image_a"], batch["image_b"]])
-  image_emb, text_emb, logit_scale = model.apply({"params": params}, images, batch["text"])
+  image_emb, text_emb, logit_scale = _apply(model, params, images, batch["text"], rng)
   return l2_normalize(image_emb[:n] - image_emb[n:]), text_emb, logit_scale
 
 
@@ -72,9 +78,10 @@ def _merge_microbatches(x):
   return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def loss_and_grads(params, batch, step, *, model, objective, microbatches: int = 1,
+def loss_and_grads(params, batch, step, rng, *, model, objective, microbatches: int = 1,
                    embed: Callable = embed_images):
-  """((loss, metrics), grads) of the objective on one global batch, embedded by `embed`.
+  """((loss, metrics), grads) of the objective on one global batch, embedded by `embed`; `rng` is
+  the step's key for the model's training randomness (patch dropout).
 
   microbatches > 1: contrastive gradient accumulation (GradCache, Gao et al. 2021). The loss couples
   every pair of the batch, so summing per-micro-batch gradients would be wrong; instead
@@ -82,11 +89,13 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
     2. take the gradient of the loss w.r.t. the embeddings (and logit scale/bias) on the full batch;
     3. re-embed each micro-batch and backpropagate its slice of that gradient into the towers.
   Activation memory is one micro-batch's; the gradient equals the full-batch one (float tolerance).
+  Micro-batch k draws its randomness from fold_in(rng, k) in both passes, so 1. and 3. embed it
+  identically.
   """
 
   if microbatches == 1:
     def full(p):
-      image_emb, text_emb, logit_scale = embed(model, p, batch)
+      image_emb, text_emb, logit_scale = embed(model, p, batch, rng)
       return objective(image_emb, text_emb, logit_scale, p.get("logit_bias"), step)
     return jax.value_and_grad(full, has_aux=True)(params)
 
@@ -94,12 +103,14 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
     _, _, logit_scale = model.apply({"params": p}, None, None)  # no tower runs
     return logit_scale, p.get("logit_bias")
 
-  def embed_micro(p, mb):
-    image_emb, text_emb, _ = embed(model, p, mb)
+  def embed_micro(p, mb, k):
+    image_emb, text_emb, _ = embed(model, p, mb, jax.random.fold_in(rng, k))
     return image_emb, text_emb
 
   micro = jax.tree.map(lambda x: _split_microbatches(x, microbatches), batch)
-  image_m, text_m = jax.lax.map(lambda mb: embed_micro(jax.lax.stop_gradient(params), mb), micro)
+  index = jnp.arange(microbatches)
+  image_m, text_m = jax.lax.map(
+      lambda xs: embed_micro(jax.lax.stop_gradient(params), *xs), (micro, index))
   image_emb, text_emb = _merge_microbatches(image_m), _merge_microbatches(text_m)
 
   def from_embeddings(image_emb, text_emb, p):
@@ -109,20 +120,23 @@ def loss_and_grads(params, batch, step, *, model, objective, microbatches: int =
       from_embeddings, argnums=(0, 1, 2), has_aux=True)(image_emb, text_emb, params)
 
   def backprop(acc, xs):
-    mb, gi, gt = xs
-    _, vjp = jax.vjp(lambda p: embed_micro(p, mb), params)
+    mb, k, gi, gt = xs
+    _, vjp = jax.vjp(lambda p: embed_micro(p, mb, k), params)
     (g,) = vjp((gi, gt))
     return jax.tree.map(jnp.add, acc, g), None
 
-  grads, _ = jax.lax.scan(backprop, grads, (micro, _split_microbatches(g_image, microbatches),
+  grads, _ = jax.lax.scan(backprop, grads, (micro, index, _split_microbatches(g_image, microbatches),
                                             _split_microbatches(g_text, microbatches)))
   return (loss, metrics), grads
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
-               freeze_regex: str = "", embed: Callable = embed_images):
+               freeze_regex: str = "", embed: Callable = embed_images, seed: int = 0):
   model_batch = {k: v for k, v in batch.items() if k != "skipped"}
-  (loss, metrics), grads = loss_and_grads(state.params, model_batch, state.step, model=model,
+  # The step's randomness is a function of (seed, step) alone, so a resumed run draws what the
+  # uninterrupted one would have, whatever the device count.
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  (loss, metrics), grads = loss_and_grads(state.params, model_batch, state.step, rng, model=model,
                                           objective=objective, microbatches=microbatches,
                                           embed=embed)
   # A non-finite loss makes the whole gradient non-finite, so that the optimizer's apply_if_finite

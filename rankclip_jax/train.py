@@ -78,7 +78,7 @@ class Trainer(ModelSetup):
         step_lib.train_step, model=setup.model, tx=self.tx, schedule=self.schedule,
         objective=objective, microbatches=microbatches,
         freeze_regex=self.config.optim.freeze_regex,
-        embed=step_lib.EMBEDDINGS[self.image_keys])
+        embed=step_lib.EMBEDDINGS[self.image_keys], seed=self.config.seed)
     _, shardings = self._state_of(setup)
     return jax.jit(step, in_shardings=(shardings, self.batch_sharding),
                    out_shardings=(shardings, shd.replicated(self.mesh)), donate_argnums=0)

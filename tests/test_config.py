@@ -115,6 +115,7 @@ def test_entry_points_import_together():
     ("loss.strategy", "ring", "config.loss.strategy"),
     ("loss.chunk_size", 3, "config.loss.chunk_size=3 must be 0 .* divide the 8 rows"),
     ("microbatches", 3, "config.microbatches=3"),
+    ("model.patch_dropout", 1.0, "config.model.patch_dropout=1.0 must be in"),
     ("model.init_scale", 0.0, "config.model.init_scale"),
     ("model.remat_policy", "dots", "config.model.remat_policy='dots'; choose one of"),
 ])

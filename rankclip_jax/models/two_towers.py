@@ -71,6 +71,7 @@ class TwoTowers(nn.Module):
   remat: bool = False
   remat_policy: str = "nothing_saveable"
   scan: bool = False
+  patch_dropout: float = 0.0  # FLIP's share of image patch tokens dropped in training (vit.py)
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
   logit_scale_max: float = LOGIT_SCALE_MAX
@@ -84,7 +85,7 @@ class TwoTowers(nn.Module):
         patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
         num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
         ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
-        dtype=self.dtype)
+        patch_dropout=self.patch_dropout, dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
@@ -96,17 +97,20 @@ class TwoTowers(nn.Module):
       self.logit_bias = self.param(
           "logit_bias", nn.initializers.constant(self.logit_bias_init), (), jnp.float32)
 
-  def encode_image(self, images):
-    """[B, H, W, 3] -> L2-normalised float32 [B, embed_dim]."""
-    return l2_normalize(self.image(images))
+  def encode_image(self, images, *, train: bool = False):
+    """[B, H, W, 3] -> L2-normalised float32 [B, embed_dim]. train: patch dropout, if any (its
+    "patch_dropout" rng is then needed)."""
+    return l2_normalize(self.image(images, train=train))
 
   def encode_text(self, tokens):
     """int [B, L] -> L2-normalised float32 [B, embed_dim]."""
     return l2_normalize(self.text(tokens))
 
-  def __call__(self, images: Optional[jax.Array], tokens: Optional[jax.Array]):
-    """Returns (image_emb, text_emb, logit_scale); either input may be None (its output is None)."""
-    image_emb = None if images is None else self.encode_image(images)
+  def __call__(self, images: Optional[jax.Array], tokens: Optional[jax.Array], *,
+               train: bool = False):
+    """Returns (image_emb, text_emb, logit_scale); either input may be None (its output is None).
+    train=True applies training-only behaviour (patch dropout)."""
+    image_emb = None if images is None else self.encode_image(images, train=train)
     text_emb = None if tokens is None else self.encode_text(tokens)
     return image_emb, text_emb, clamp_logit_scale(self.logit_scale, self.logit_scale_max)
 
@@ -130,7 +134,7 @@ def tower_sizes(model_config) -> TowerSizes:
 
 def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
   """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
-  remat_policy, scan_layers, dtype, init_scale, init_bias). `logit_bias`: give the model a
+  remat_policy, scan_layers, patch_dropout, dtype, init_scale, init_bias). `logit_bias`: give the model a
   learnable logit bias initialised at init_bias (the trainer asks for it when the loss has one:
   SigLIP)."""
   sizes = tower_sizes(model_config)
@@ -143,5 +147,6 @@ def build_model(model_config, *, context_length: int, logit_bias: bool = False) 
       pool=model_config.pool, stem=model_config.stem, remat=model_config.remat,
       remat_policy=model_config.get("remat_policy", "nothing_saveable"),
       scan=bool(model_config.get("scan_layers", False)),
+      patch_dropout=float(model_config.get("patch_dropout", 0.0)),
       dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
       logit_bias_init=float(model_config.init_bias) if logit_bias else None)

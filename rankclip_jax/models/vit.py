@@ -11,6 +11,7 @@ from typing import Any
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from rankclip_jax.models.transformer import Encoder
@@ -35,11 +36,19 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # transformer.REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
+  # FLIP (Li et al. 2023): in training, drop this fraction of the patch tokens of each image at
+  # random before the encoder (the class token is always kept), so a step costs about that much less
+  # of the image tower. Never at evaluation (train=False), so loading and export are unaffected.
+  patch_dropout: float = 0.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
-    """images: float [B, H, W, 3] (already normalised) -> features [B, embed_dim] (not normalised)."""
+  def __call__(self, images, *, train: bool = False):
+    """images: float [B, H, W, 3] (already normalised) -> features [B, embed_dim] (not normalised).
+
+    train=True with patch_dropout > 0 draws the dropped patches from the "patch_dropout" rng stream
+    (model.apply(..., rngs={"patch_dropout": key})): a different subset for every image.
+    """
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"VisionTransformer expects images [B, H, W, 3], got {images.shape}.")
     _, h, w, _ = images.shape
@@ -51,13 +60,24 @@ class VisionTransformer(nn.Module):
     b, gh, gw, c = x.shape
     x = x.reshape(b, gh * gw, c)
     scale = self.width ** -0.5
-    if self.pool == "cls":
-      cls = self.param("cls", nn.initializers.normal(scale), (self.width,))
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
-    elif self.pool != "gap":
+    if self.pool not in ("cls", "gap"):
       raise ValueError(f"Unknown pool {self.pool!r}; choose 'cls' or 'gap'.")
-    pos = self.param("pos_embedding", nn.initializers.normal(scale), (x.shape[1], self.width))
-    x = x + pos.astype(x.dtype)
+    with_cls = self.pool == "cls"
+    if with_cls:
+      cls = self.param("cls", nn.initializers.normal(scale), (self.width,))
+    pos = self.param("pos_embedding", nn.initializers.normal(scale),
+                     (gh * gw + with_cls, self.width))
+    if train and self.patch_dropout > 0:
+      # Position embeddings first, so each kept token keeps its place in the image.
+      x = _keep_random_tokens(x + pos[with_cls:].astype(x.dtype), self.patch_dropout,
+                              self.make_rng("patch_dropout"))
+      if with_cls:
+        first = (cls + pos[0]).astype(x.dtype)
+        x = jnp.concatenate([jnp.broadcast_to(first, (b, 1, c)), x], axis=1)
+    else:
+      if with_cls:
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
+      x = x + pos.astype(x.dtype)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_pre")(x)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                 ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
@@ -82,3 +102,20 @@ class VisionTransformer(nn.Module):
       x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name=f"stem_ln_{i}")(x)
       x = nn.gelu(x)
     return nn.Conv(self.width, (1, 1), dtype=self.dtype, name="patch_embed")(x)
+
+
+def kept_tokens(num_patches: int, patch_dropout: float) -> int:
+  """How many of `num_patches` patch tokens an image keeps under patch dropout (at least one)."""
+  if not 0.0 <= patch_dropout < 1.0:
+    raise ValueError(f"patch_dropout={patch_dropout} must be in [0, 1).")
+  return max(1, int(round(num_patches * (1.0 - patch_dropout))))
+
+
+def _keep_random_tokens(x, patch_dropout: float, rng):
+  """[B, N, C] -> [B, K, C]: for each row, K = kept_tokens(N) tokens chosen uniformly at random
+  without replacement (the K largest of N uniform draws), kept in their original order."""
+  b, n, _ = x.shape
+  k = kept_tokens(n, patch_dropout)
+  _, keep = jax.lax.top_k(jax.random.uniform(rng, (b, n)), k)
+  keep = jnp.sort(keep, axis=1)
+  return jnp.take_along_axis(x, keep[:, :, None], axis=1)
