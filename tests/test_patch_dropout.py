@@ -1,8 +1,8 @@
 """FLIP-style patch dropout (config.model.patch_dropout): which tokens the image tower sees in
 training, that nothing changes at 0 or at evaluation, and that the step's draws are consistent
-across GradCache's two passes and between data parallel and FSDP with scanned layers. (That a
-resumed run draws what the uninterrupted one did is checked by every resume test: the recipe of
-tests/cli_runs.py trains with patch dropout.)"""
+across GradCache's two passes. Elsewhere: data parallel, FSDP and scanned layers draw the same
+patches (tests/test_train.py's FSDP test runs with patch dropout), and a resumed run draws what the
+uninterrupted one did (every resume test: the recipe of tests/cli_runs.py has patch dropout)."""
 
 import functools
 
@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 
 from rankclip_jax import step as step_lib
-from rankclip_jax import train
 from rankclip_jax.models import SIZES, TwoTowers
 from rankclip_jax.models.vit import _keep_random_tokens, kept_tokens
 from rankclip_jax.objective import make_objective
-from tests.test_train import micro_config
 
 IMAGES = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))  # micro: 4 x 4 = 16 patches
 TOKENS = jnp.asarray(np.tile(np.array([[49406, 320, 736, 49407, 0, 0, 0, 0]], np.int32), (4, 1)))
@@ -130,34 +128,3 @@ def test_gradcache_embeds_each_microbatch_with_one_mask(params):
   assert np.abs(grads["image"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]).max() > 0
   # And the draws matter: without dropout the same step gives another loss.
   assert abs(_loss_and_grads(_model(0.0), objective, params, batch, rng, 2)[0] - loss) > 1e-4
-
-
-def test_same_draws_on_fsdp_scanned_and_data_parallel():
-  from rankclip_jax.models.transformer import with_layer_layout
-  from tests.cli_runs import no_true_gradient
-  fsdp_scanned = {"mesh.data": 2, "mesh.fsdp": 4, "sharding.rules": ((".*", "fsdp"),),
-                  "sharding.fsdp_min_size": 1, "model.scan_layers": True}
-  results = {}
-  first = None
-  for name, over in {"dp": {}, "fsdp_scanned": fsdp_scanned}.items():
-    trainer = train.Trainer(micro_config(**{"model.patch_dropout": 0.5, "context_length": 8},
-                                         **over))
-    state = trainer.init()
-    scanned = name == "fsdp_scanned"
-    if first is None:
-      first = jax.tree.map(np.asarray, jax.device_get(state.params))
-    else:
-      start = jax.jit(functools.partial(step_lib.init_state, trainer.tx),
-                      out_shardings=trainer.state_shardings)
-      state = start(with_layer_layout(first, scanned=True))
-    batch = {k: jax.device_put(v, trainer.batch_sharding) for k, v in _batch().items()}
-    loss, grads = _loss_and_grads(trainer.model, trainer.objective, state.params, batch,
-                                  jax.random.key(11))
-    results[name] = (loss, with_layer_layout(grads, scanned=False) if scanned else grads)
-  (want_loss, want), (got_loss, got) = results["dp"], results["fsdp_scanned"]
-  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-  for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
-    if no_true_gradient(path):
-      continue
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max(),
-                               err_msg=jax.tree_util.keystr(path))

@@ -87,7 +87,8 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
   scanned layout): the same gradient, leaf by leaf, on one batch, then the same loss and gradient
   norm at each of three training steps and the same parameters after them. Gradients are compared
   before the optimizer: Adam and clipping by norm are blind to a gradient multiplied by a constant
-  (a sum over the fsdp axis where a mean belongs), the gradient and its norm are not."""
+  (a sum over the fsdp axis where a mean belongs), the gradient and its norm are not. With patch
+  dropout on, so that its random draws are shown to be the same on every mesh and layout."""
   from rankclip_jax.models.transformer import with_layer_layout
   from tests.cli_runs import no_true_gradient
   fsdp = {"mesh.data": 2, "mesh.fsdp": 4, "sharding.rules": ((".*", "fsdp"),),
@@ -96,7 +97,7 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
   results = {}
   for name, over in {"dp": {"mesh.data": -1, "mesh.fsdp": 1}, "fsdp": fsdp,
                      "fsdp_scanned": dict(fsdp, **{"model.scan_layers": True})}.items():
-    trainer = train.Trainer(micro_config(**over))
+    trainer = train.Trainer(micro_config(**over, **{"model.patch_dropout": 0.5}))
     state = trainer.init()
     scanned = name == "fsdp_scanned"
     if first is None:
