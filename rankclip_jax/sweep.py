@@ -29,9 +29,10 @@ from rankclip_jax.sweeps import build, devices, emit, report, runner
 from rankclip_jax.sweeps.grid import SweepError
 from rankclip_jax.sweeps.plan import Plan
 
-config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py) every run starts from; override fields "
-    "of every run with --config.<field>=<value>.", lock_config=True)
+if "config" not in flags.FLAGS:  # main.py's, when a process imports both (absl flags are global)
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (configs/*.py) every run starts from; override "
+      "fields of every run with --config.<field>=<value>.", lock_config=True)
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file whose get_sweep() lists the runs "
                              "(configs/sweeps/*.py).")
 _WORKDIR = cli.workdir_flag("The sweep's directory: one folder per run, sweep.json, the report.")

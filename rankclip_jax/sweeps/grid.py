@@ -114,7 +114,7 @@ class Sweep:
 @dataclasses.dataclass(frozen=True)
 class NamedRun:
   name: str
-  group: str  # the name without its seed parts ("all" when only the seed varies)
+  group: str  # the name without its seed parts ("base" when only the seed varies)
   overrides: dict[str, Any]  # dotted field -> value, in the order the parts give them
 
 
@@ -162,7 +162,7 @@ def name_runs(runs: Sequence[Run]) -> list[NamedRun]:
     labels = [_label(p, keys) for p in run]
     name = NAME_SEPARATOR.join(l for l in labels if l) or "base"
     group = NAME_SEPARATOR.join(l for l, p in builtins.zip(labels, run)
-                                if l and not _is_seed_only(p)) or "all"
+                                if l and not _is_seed_only(p)) or "base"
     overrides, setter = {}, {}
     for label, part in builtins.zip(labels, run):
       for field, value in part.overrides.items():

@@ -75,9 +75,21 @@ class Runner:
     left = waves * mean + (max(running_left) if running_left else 0)
     return f"ETA {_format_duration(left)}"
 
+  def _changed(self, run: PlannedRun) -> None:
+    """Warns when the run's folder was made by another command (the sweep file or the command
+    line changed since): a finished run is not trained again, an unfinished one resumes."""
+    path = os.path.join(self.plan.run_dir(run), COMMAND)
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        before = f.read().strip()
+      if before != shlex.join(self.plan.train_argv(run)):
+        self.say(f"{self._tag(run)}: warning: its folder was made by another command ({path}); "
+                 "delete the folder to train the run anew.")
+
   def _start(self, slot_index: int, run: PlannedRun, lock_fd: int) -> None:
     run_dir = self.plan.run_dir(run)
     os.makedirs(run_dir, exist_ok=True)
+    self._changed(run)
     kept = keep_previous_log(run_dir)
     steps = checkpoint_steps(run_dir)
     argv = self.plan.train_argv(run)
@@ -155,6 +167,7 @@ class Runner:
     for run in self.plan.runs:
       if self.plan.finished(run):
         self.say(f"{self._tag(run)}: finished before, skipped.")
+        self._changed(run)
       else:
         queue.append(run)
     self.say(f"Sweep: {len(queue)} of {self.n} runs to go, {len(self.slots)} at a time; "
