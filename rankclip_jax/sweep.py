@@ -2,17 +2,18 @@
 
   python -m rankclip_jax.sweep --config=configs/rankclip_synthetic.py \
       --sweep=configs/sweeps/paper_comparison.py --workdir=runs/comparison [--config.<field>=...]
-  python -m rankclip_jax.sweep ... --parallel=4          # 4 runs at a time (GPUs split between them)
+  python -m rankclip_jax.sweep ... --parallel=4          # 4 runs at a time (GPUs split)
   python -m rankclip_jax.sweep ... --emit=slurm          # <workdir>/sweep.sbatch, a job array
   python -m rankclip_jax.sweep ... --emit=commands       # one command per run on stdout
   python -m rankclip_jax.sweep --report runs/comparison  # report.md, report.json, pictures
 
-The sweep file's get_sweep() lists the runs as overrides of the config (rankclip_jax/sweeps/grid.py);
-the command line's --config.<field>=<value> apply to every run (a run's own overrides win). Every
-run's command line and config are checked before the first run starts. Each run trains in
-<workdir>/<run name> through `python -m rankclip_jax.main`; running the same command again skips
-the finished runs, resumes the interrupted ones and retries the failed ones (rankclip_jax/sweeps/
-runner.py). The report is written at the end of every sweep (rankclip_jax/sweeps/report.py).
+The sweep file's get_sweep() lists the runs as overrides of the config
+(rankclip_jax/sweeps/grid.py); the command line's --config.<field>=<value> apply to every run (a
+run's own overrides win). Every run's command line and config are checked before the first run
+starts. Each run trains in <workdir>/<run name> through `python -m rankclip_jax.main`; running the
+same command again skips the finished runs, resumes the interrupted ones and retries the failed
+ones (rankclip_jax/sweeps/runner.py). The report is written at the end of every sweep
+(rankclip_jax/sweeps/report.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from scipy import stats as scipy_stats
 from rankclip_jax import cli
 from rankclip_jax import sweeps
 from rankclip_jax.sweeps import SweepError, chain, fixed, product, values, variants
-from rankclip_jax.sweeps import build, devices, emit, grid, report, rundir, stats
+from rankclip_jax.sweeps import build, devices, emit, grid, rundir, stats
 from rankclip_jax.sweeps.plan import Plan, PlannedRun
 from tests import cli_runs
 
@@ -45,7 +44,8 @@ def test_product_zip_and_chain_expand_in_order_with_short_readable_names():
   assert names(product(methods, seeds)) == ["clip,seed=0", "clip,seed=1", "rank,seed=0",
                                             "rank,seed=1"]
   both = ("loss.cross_weight", "loss.inmodal_weight")
-  zipped = sweeps.zip(values("loss.cross_weight", [1 / 64, 0.5]), values("optim.learning_rate", [1e-3, 1e-5]))
+  zipped = sweeps.zip(values("loss.cross_weight", [1 / 64, 0.5]),
+                      values("optim.learning_rate", [1e-3, 1e-5]))
   assert names(zipped) == ["cross_weight=0.015625,learning_rate=0.001",
                            "cross_weight=0.5,learning_rate=1e-05"]
   runs = grid.name_runs(chain(product(values(both, [1 / 32], name="w"), fixed({"seed": 3})),
@@ -329,7 +329,10 @@ def _fabricated_sweep(workdir):
 def test_the_report_on_runs_with_known_results(tmp_path):
   plan, shape, i2t = _fabricated_sweep(tmp_path / "sweep")
   os.makedirs(plan.run_dir(plan.runs[-1]) + "/checkpoints/40")  # rank,seed=2 was interrupted
-  report.write_report(plan.workdir)
+  out = subprocess.run([sys.executable, "-m", "rankclip_jax.sweep", "--report", plan.workdir],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"Report of 5 of 6 runs: {plan.workdir}/report.md" in out.stdout
   rep = json.loads((tmp_path / "sweep" / "report.json").read_text())
   assert rep["missing"] == ["rank,seed=2"] and rep["finished"] == 5
   assert next(r for r in rep["runs"] if r["name"] == "rank,seed=2")["status"] == \

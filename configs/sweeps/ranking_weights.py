@@ -17,7 +17,8 @@ SEEDS = range(3)
 BOTH = ("loss.cross_weight", "loss.inmodal_weight")
 RANKCLIP = {"loss.name": "rankclip", "model.init_scale": 1 / 0.07}
 
-WEIGHTS = product(values(BOTH, W, name="w"), fixed(dict(RANKCLIP, **{"loss.weight_schedule": "ramp"})))
+WEIGHTS = product(values(BOTH, W, name="w"),
+                  fixed(dict(RANKCLIP, **{"loss.weight_schedule": "ramp"})))
 CONSTANT = product(values(BOTH, [1 / 16], name="w"), fixed(RANKCLIP),
                    values("loss.weight_schedule", ["constant"]))
 

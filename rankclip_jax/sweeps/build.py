@@ -36,6 +36,7 @@ def load_sweep(path: str) -> grid.Sweep:
   try:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would (dataclasses and pickling look there)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
       raise SweepError(f"{given}: the file defines no get_sweep(); a sweep file returns "

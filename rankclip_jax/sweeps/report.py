@@ -56,8 +56,9 @@ def chance_level(metric: str, results: dict[str, Any]) -> Optional[float]:
 def logged_scalars(run_dir: str, tag: str = LOSS_TAG) -> dict[int, float]:
   """{step: value} of a scalar in the run's TensorBoard event files (TensorBoard's own reader,
   without TensorFlow); the last value per step (a resumed run logs again after its checkpoint)."""
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
   acc = event_accumulator.EventAccumulator(run_dir, size_guidance={"tensors": 0, "scalars": 0})
   acc.Reload()
   tags = acc.Tags()

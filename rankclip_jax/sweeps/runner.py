@@ -96,7 +96,7 @@ class Runner:
     with open(os.path.join(run_dir, COMMAND), "w", encoding="utf-8") as f:
       f.write(shlex.join(argv) + "\n")
     slot = self.slots[slot_index]
-    log = open(os.path.join(run_dir, LOG), "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    log = open(os.path.join(run_dir, LOG), "w", encoding="utf-8")  # pylint: disable=R1732
     try:
       proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                               env=dict(os.environ, **slot.env), start_new_session=True,
