@@ -210,8 +210,8 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   uninterrupted run, copied in), `warm_start` starts from weights that are not there yet (it
   fails), `reference` trains that recipe again. The sweep is killed (SIGKILL) once `reference`
   has a checkpoint: the run gets SIGTERM as its sweep dies, saves and stops. Then the weights
-  appear and the same command skips `done`, retries `warm_start` (its failed log kept as
-  log.1.txt) and resumes `reference`, which ends exactly like the uninterrupted run."""
+  appear and the same command (with --parallel=2) skips `done`, retries `warm_start` (its failed
+  log kept as log.1.txt) and resumes `reference`, which ends exactly like the uninterrupted run."""
   workdir = tmp_path / "sweep"
   weights = tmp_path / "weights"
   shutil.copytree(uninterrupted_run, workdir / "done")
@@ -241,9 +241,10 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   stopped_at = max(rundir.checkpoint_steps(str(reference)))
   assert "Stopped by SIGTERM" in (reference / "log.txt").read_text()
 
-  # 2. The cause of the failure fixed, the same command.
+  # 2. The cause of the failure fixed, the same command (two runs at a time, each on 2 CPU devices).
   os.symlink(uninterrupted_run, weights)
-  second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=400)
+  second = subprocess.run(cmd + ["--parallel=2"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=400)
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
   out = second.stdout
   assert "[1/3] done: finished before, skipped." in out, out
@@ -254,6 +255,7 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   assert "Starting step 0/30" in (workdir / "warm_start" / "log.txt").read_text()
   assert f"[3/3] reference: resuming from step {stopped_at} (attempt 2;" in out, out
   assert "[3/3] reference: done in" in out and "ETA 0m00s" in out
+  assert "2 of 3 runs to go, 2 at a time" in out
   assert "Stopped by SIGTERM" in (reference / "log.1.txt").read_text()
   assert f"Resuming at step {stopped_at}/" in (reference / "log.txt").read_text()
   assert json.loads((reference / "results.json").read_text()) == json.loads(
