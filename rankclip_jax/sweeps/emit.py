@@ -31,9 +31,9 @@ def slurm_script(plan: Plan, *, gpus_per_run: int = 1, parallel: int = 0,
   q = shlex.quote
   lines = [
       "#!/usr/bin/env bash",
-      f"# The sweep {plan.sweep_file} over {plan.config}: {len(plan.runs)} runs, one SLURM array",
-      "# task each (written by `python -m rankclip_jax.sweep --emit=slurm`). From the repository",
-      "# root:",
+      f"# The sweep {plan.sweep_file}",
+      f"# over {plan.config}: {len(plan.runs)} runs, one SLURM array task each (written by",
+      "# `python -m rankclip_jax.sweep --emit=slurm`). From the repository root:",
       f"#   sbatch {q(plan.workdir + '/sweep.sbatch')}",
       "#   sbatch --array=3,7 ...   # some of the runs again; a finished run's task ends at once",
       f"# then: python -m rankclip_jax.sweep --report {q(plan.workdir)}",
