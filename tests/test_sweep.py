@@ -208,19 +208,22 @@ def _lock_free(workdir) -> bool:
 def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, uninterrupted_run):
   """Three runs of tests/cli_runs.py's micro recipe: `done` already finished (the session's
   uninterrupted run, copied in), `warm_start` starts from weights that are not there yet (it
-  fails), `reference` trains that recipe again. The sweep is killed (SIGKILL) once `reference`
+  fails), `reference,seed=0` trains that recipe again. The sweep is killed (SIGKILL) once it
   has a checkpoint: the run gets SIGTERM as its sweep dies, saves and stops. Then the weights
   appear and the same command (with --parallel=2) skips `done`, retries `warm_start` (its failed
-  log kept as log.1.txt) and resumes `reference`, which ends exactly like the uninterrupted run."""
+  log kept as log.1.txt) and resumes `reference,seed=0`, which ends exactly like the
+  uninterrupted run."""
   workdir = tmp_path / "sweep"
   weights = tmp_path / "weights"
   shutil.copytree(uninterrupted_run, workdir / "done")
-  sweep_file = _sweep_file(tmp_path, f'Sweep(runs=variants({{"done": {{}}, "warm_start": '
-                                     f'{{"model.init_from": "{weights}"}}, "reference": {{}}}}))')
+  # reference,seed=0: the recipe's own seed, in a folder named like the studies' (',' and '=').
+  sweep_file = _sweep_file(tmp_path, f'Sweep(runs=chain(variants({{"done": {{}}, "warm_start": '
+                                     f'{{"model.init_from": "{weights}"}}}}), product(variants('
+                                     '{"reference": {}}), values("seed", [0]))))')
   cmd = [sys.executable, "-m", "rankclip_jax.sweep", f"--config={CONFIG}",
          f"--sweep={sweep_file}", f"--workdir={workdir}"] + cli_runs.train_cmd("x")[4:] + [
              "--config.checkpoint.every_steps=5"]
-  reference = workdir / "reference"
+  reference = workdir / "reference,seed=0"
 
   # 1. done is skipped, warm_start fails, reference is interrupted once it has a checkpoint.
   proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
@@ -253,8 +256,8 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   assert "[2/3] warm_start: done in" in out
   assert "Error: config.model.init_from" in (workdir / "warm_start" / "log.1.txt").read_text()
   assert "Starting step 0/30" in (workdir / "warm_start" / "log.txt").read_text()
-  assert f"[3/3] reference: resuming from step {stopped_at} (attempt 2;" in out, out
-  assert "[3/3] reference: done in" in out and "ETA 0m00s" in out
+  assert f"[3/3] reference,seed=0: resuming from step {stopped_at} (attempt 2;" in out, out
+  assert "[3/3] reference,seed=0: done in" in out and "ETA 0m00s" in out
   assert "2 of 3 runs to go, 2 at a time" in out
   assert "Stopped by SIGTERM" in (reference / "log.1.txt").read_text()
   assert f"Resuming at step {stopped_at}/" in (reference / "log.txt").read_text()
