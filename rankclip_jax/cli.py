@@ -67,6 +67,17 @@ def run(main: Callable[[list[str]], Any], required: Sequence[str] = ()) -> None:
 def parse_command_line(argv: Sequence[str], required: Sequence[str] = (),
                        flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """Parses argv into `flag_values` and returns [program]; any mistake is `usage_error`."""
+  rest, problem = check_command_line(argv, required, flag_values)
+  if problem is not None:
+    usage_error(problem)
+  return rest
+
+
+def check_command_line(argv: Sequence[str], required: Sequence[str] = (),
+                       flag_values: flags.FlagValues = flags.FLAGS
+                       ) -> tuple[list[str], Optional[str]]:
+  """Parses argv into `flag_values`: ([program], None), or (the rest, the one-line message without
+  `Error: `) for the first mistake. The sweep command checks every run's command line with it."""
   fv = flag_values
   try:
     rest = fv(list(argv))
@@ -74,20 +85,20 @@ def parse_command_line(argv: Sequence[str], required: Sequence[str] = (),
     # absl's flags.Error, and whatever ml_collections' config flags raise while loading a file or
     # resolving an override (KeyError/AttributeError for a missing field, a config file's own
     # exception, ...): all of them say the command line cannot work.
-    usage_error(_describe(e, argv, fv))
+    return list(argv[:1]), _describe(e, argv, fv)
   for name in fv:
     flag = fv[name]
     if _is_config_file_flag(flag) and flag.present:
       failure = _load_failure(flag.value)
       if failure is not None:
-        usage_error(_load_failure_message(flag, flag.config_filename, failure))
+        return rest, _load_failure_message(flag, flag.config_filename, failure)
   for name in required:
     if fv[name].value == "":
-      usage_error(f"--{name}= is empty: --{name} is required. Give it a value; "
-                  "--helpshort lists the flags.")
+      return rest, (f"--{name}= is empty: --{name} is required. Give it a value; "
+                    "--helpshort lists the flags.")
   if len(rest) > 1:
-    usage_error(_stray_arguments_message(rest[1:]))
-  return rest
+    return rest, _stray_arguments_message(rest[1:])
+  return rest, None
 
 
 def start(argv) -> None:

@@ -35,10 +35,10 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The longest modules first (seconds of work each, measured with -n 2 on the 2-core VM: test_train
 # ~470, test_multihost ~250, test_open_clip ~190, test_benchmarks ~130, test_evaluate ~90,
-# test_pcclip ~80, then ~60 each), so that with pytest-xdist no long module starts last and runs
+# test_sweep ~90, test_pcclip ~80, then ~60 each), so that with pytest-xdist no long module starts last and runs
 # alone at the end; the rest (under 30 s each) keep their order.
 _LONGEST_FIRST = ("test_train", "test_multihost", "test_open_clip", "test_benchmarks",
-                  "test_evaluate", "test_pcclip", "test_models", "test_data_sources",
+                  "test_evaluate", "test_sweep", "test_pcclip", "test_models", "test_data_sources",
                   "test_loss_strategies", "test_inference")
 
 

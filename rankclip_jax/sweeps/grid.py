@@ -1,0 +1,189 @@
+"""The runs of a sweep, written as override dicts over dotted config fields and combined with four
+helpers (in the spirit of flax examples' `get_hyper`):
+
+  values("seed", range(5))                          5 runs: seed=0 ... seed=4
+  values(("loss.cross_weight", "loss.inmodal_weight"), [1/32, 1/16], name="w")
+                                                    2 runs, both fields set to each value: w=0.03125
+  variants({"clip": {"loss.cross_weight": 0.0, "loss.inmodal_weight": 0.0}, "rankclip": {}})
+                                                    2 runs named by their labels
+  fixed({"loss.weight_schedule": "constant"})       1 run, no name of its own
+  product(a, b, ...)   every run of a with every run of b (a's parts first)
+  zip(a, b, ...)       the i-th run of each, side by side (the same number of runs each)
+  chain(a, b, ...)     a's runs, then b's
+
+A run is a list of parts; each part has a label (`seed=3`, `clip`, or none for `fixed`) and its
+overrides. The run's name is its labels joined by ',' (`clip,seed=3`): short, readable, and stable
+(it depends only on the run's own parts, in the order the sweep combines them). A field's label
+is the last component of its dotted path (`loss.cross_weight` -> `cross_weight`), longer when two
+swept fields end alike. Two runs with one name, or one run setting a field twice with two values,
+are errors (`SweepError`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import itertools
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from rankclip_jax.errors import UserError
+
+SEED_FIELD = "seed"
+NAME_SEPARATOR = ","
+MAX_NAME_LENGTH = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class SweepError(UserError, ValueError):
+  """A sweep file or one of its runs cannot work; the message names the run and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One factor of a run: its overrides ({dotted field: value}) and how it shows in the name:
+  `label` as given (variants), or `fields` (values: the key is derived from the fields) = `value`;
+  neither: no name (fixed)."""
+  overrides: Mapping[str, Any]
+  label: Optional[str] = None
+  fields: tuple[str, ...] = ()
+  value: Any = None
+
+
+Run = tuple[Part, ...]
+
+
+def values(field: Union[str, Sequence[str]], vals: Iterable[Any], name: Optional[str] = None
+           ) -> list[Run]:
+  """One run per value of `field` (or of several fields set to the same value); `name` replaces
+  the field in the run names."""
+  fields = (field,) if isinstance(field, str) else tuple(field)
+  if not fields or not all(isinstance(f, str) and f for f in fields):
+    raise SweepError(f"values({field!r}, ...): give a dotted config field, or a tuple of them.")
+  out = []
+  for v in vals:
+    overrides = {f: v for f in fields}
+    label = None if name is None else f"{name}={format_value(v)}"
+    out.append((Part(overrides, label=label, fields=fields, value=v),))
+  return out
+
+
+def variants(named: Mapping[str, Mapping[str, Any]]) -> list[Run]:
+  """One run per entry {label: {dotted field: value}}, named by its label."""
+  out = []
+  for label, overrides in named.items():
+    if not isinstance(overrides, Mapping):
+      raise SweepError(f"variants: {label!r} must map to a dict of overrides, not {overrides!r}.")
+    if _UNSAFE.search(label) or not label:
+      raise SweepError(f"variants: the label {label!r} must be made of letters, digits and "
+                       "'._+-' (it names the run's folder).")
+    out.append((Part(dict(overrides), label=label),))
+  return out
+
+
+def fixed(overrides: Mapping[str, Any]) -> list[Run]:
+  """One run with these overrides and no name of its own (to combine with product)."""
+  return [(Part(dict(overrides)),)]
+
+
+def product(*axes: Sequence[Run]) -> list[Run]:
+  return [tuple(itertools.chain.from_iterable(runs)) for runs in itertools.product(*axes)]
+
+
+def zip(*axes: Sequence[Run]) -> list[Run]:  # pylint: disable=redefined-builtin
+  lengths = [len(a) for a in axes]
+  if len(set(lengths)) > 1:
+    raise SweepError(f"zip: the axes have {lengths} runs; zip needs the same number in each.")
+  return [tuple(itertools.chain.from_iterable(runs)) for runs in builtins.zip(*axes)]
+
+
+def chain(*axes: Sequence[Run]) -> list[Run]:
+  return [run for axis in axes for run in axis]
+
+
+@dataclasses.dataclass
+class Sweep:
+  """What a sweep file's get_sweep() returns: the runs, the group the others are compared with
+  (a group is the runs that differ only in `seed`; its name is theirs without the seed), and the
+  headline metrics pictured in the report (default: every `*/top1` and `*_r1` metric)."""
+  runs: Sequence[Run]
+  baseline: str = ""
+  headline: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedRun:
+  name: str
+  group: str  # the name without its seed parts ("base" when only the seed varies)
+  overrides: dict[str, Any]  # dotted field -> value, in the order the parts give them
+
+
+def format_value(v: Any) -> str:
+  """A value as it shows in a run name: repr for floats (exact and short: 0.015625, 1e-05), str
+  otherwise, characters other than letters, digits and '._+-' replaced by '_'."""
+  text = repr(v) if isinstance(v, float) else str(v)
+  return _UNSAFE.sub("_", text).strip("_") or "_"
+
+
+def _field_keys(runs: Sequence[Run]) -> dict[str, str]:
+  """{dotted field: its key in names}: the shortest ending of the field's path that no other
+  named field of the sweep shares."""
+  fields = sorted({p.fields[0] for run in runs for p in run if p.label is None and p.fields})
+  keys = {}
+  for f in fields:
+    parts = f.split(".")
+    for n in range(1, len(parts) + 1):
+      key = ".".join(parts[-n:])
+      if not any(g != f and (g == key or g.endswith("." + key)) for g in fields):
+        break
+    keys[f] = key
+  return keys
+
+
+def _label(part: Part, keys: dict[str, str]) -> Optional[str]:
+  if part.label is not None:
+    return part.label
+  if part.fields:
+    return f"{keys[part.fields[0]]}={format_value(part.value)}"
+  return None
+
+
+def _is_seed_only(part: Part) -> bool:
+  return set(part.overrides) == {SEED_FIELD}
+
+
+def name_runs(runs: Sequence[Run]) -> list[NamedRun]:
+  """The runs with their names, groups and merged overrides; SweepError on a clash."""
+  if not runs:
+    raise SweepError("the sweep has no runs.")
+  keys = _field_keys(runs)
+  out, seen, group_overrides = [], {}, {}
+  for i, run in enumerate(runs):
+    labels = [_label(p, keys) for p in run]
+    name = NAME_SEPARATOR.join(l for l in labels if l) or "base"
+    group = NAME_SEPARATOR.join(l for l, p in builtins.zip(labels, run)
+                                if l and not _is_seed_only(p)) or "base"
+    overrides, setter = {}, {}
+    for label, part in builtins.zip(labels, run):
+      for field, value in part.overrides.items():
+        if field in overrides and overrides[field] != value:
+          raise SweepError(f"run {name!r} (run {i + 1}): field {field!r} is set to "
+                           f"{overrides[field]!r} by {setter[field]!r} and to {value!r} by "
+                           f"{label or 'fixed(...)'!r}; set it once.")
+        overrides[field], setter[field] = value, label or "fixed(...)"
+    if name in seen:
+      raise SweepError(f"runs {seen[name] + 1} and {i + 1} are both named {name!r} (their "
+                       "overrides differ only in what the name does not show, or the sweep "
+                       "lists the run twice); give values() a name= or variants() distinct labels.")
+    if len(name) > MAX_NAME_LENGTH:
+      raise SweepError(f"run {name!r} (run {i + 1}): its name is longer than {MAX_NAME_LENGTH} "
+                       "characters; name its parts with variants() or values(..., name=...).")
+    seen[name] = i
+    rest = {k: v for k, v in overrides.items() if k != SEED_FIELD}
+    first = group_overrides.setdefault(group, (name, rest))
+    if first[1] != rest:
+      raise SweepError(f"runs {first[0]!r} and {name!r} form group {group!r} (their names differ "
+                       "only in the seed) but their overrides differ in more than the seed; "
+                       "name what differs (variants() labels, values(..., name=...)).")
+    out.append(NamedRun(name, group, overrides))
+  return out

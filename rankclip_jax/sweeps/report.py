@@ -1,0 +1,212 @@
+"""The sweep's report, <workdir>/report.json and report.md (pictures in <workdir>/report_pictures/),
+from the plan (sweep.json) and what the run folders hold:
+
+- per group (the runs that differ only in their seed) and metric of results.json: n, mean, std and
+  the 95% Student t interval over seeds; an accuracy `<eval>/top<k>` beside its chance level (k
+  times the `<eval>/chance` that the zero-shot evaluators write, at most 1);
+- per group against the sweep's baseline group: the difference paired by seed, with its interval;
+- the mean training loss curve per group (TensorBoard's train/loss of each finished run);
+- the runs still missing, each with what its folder says (never started, interrupted at a
+  checkpoint, failed with its error line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Optional, Sequence
+
+from rankclip_jax.sweeps import plots, rundir, stats
+from rankclip_jax.sweeps.plan import RESULTS_FILE, Plan
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PICTURES = "report_pictures"
+LOSS_TAG = "train/loss"
+_NOT_METRICS = re.compile(r"^(step|preempted)$|/(chance|num_examples|skipped)$")
+_TOPK = re.compile(r"^(.*)/top(\d+)$")
+
+
+def read_results(run_dir: str) -> dict[str, Any]:
+  with open(os.path.join(run_dir, RESULTS_FILE), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def metric_keys(results: dict[str, Any]) -> list[str]:
+  return sorted(k for k, v in results.items() if isinstance(v, (int, float))
+                and not isinstance(v, bool) and not _NOT_METRICS.search(k))
+
+
+def headline_keys(results: dict[str, Any], headline: Sequence[str] = ()) -> list[str]:
+  """The sweep's headline metrics, default every `*/top1` and `retrieval/*_r1`, among `results`."""
+  keys = metric_keys(results)
+  if headline:
+    return [k for k in headline if k in keys]
+  return [k for k in keys if k.endswith("/top1") or re.search(r"_r1$", k)]
+
+
+def chance_level(metric: str, results: dict[str, Any]) -> Optional[float]:
+  m = _TOPK.match(metric)
+  if m and f"{m.group(1)}/chance" in results:
+    return min(1.0, int(m.group(2)) * float(results[f"{m.group(1)}/chance"]))
+  return None
+
+
+def logged_scalars(run_dir: str, tag: str = LOSS_TAG) -> dict[int, float]:
+  """{step: value} of a scalar in the run's TensorBoard event files (TensorBoard's own reader,
+  without TensorFlow); the last value per step (a resumed run logs again after its checkpoint)."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(run_dir, size_guidance={"tensors": 0, "scalars": 0})
+  acc.Reload()
+  tags = acc.Tags()
+  if tag in tags.get("tensors", ()):
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+  if tag in tags.get("scalars", ()):
+    return {e.step: float(e.value) for e in acc.Scalars(tag)}
+  return {}
+
+
+def run_status(plan: Plan, run) -> str:
+  """What a run's folder says: finished, failed (its error), interrupted, started, not started."""
+  run_dir = plan.run_dir(run)
+  if plan.finished(run):
+    return "finished"
+  log = os.path.join(run_dir, rundir.LOG)
+  error = rundir.last_error(log) if os.path.exists(log) else ""
+  if error.startswith("Error:"):
+    return f"failed: {error}"
+  steps = rundir.checkpoint_steps(run_dir)
+  if steps:
+    return f"interrupted at checkpoint {steps[-1]}"
+  return "started, no checkpoint yet" if os.path.exists(log) else "not started"
+
+
+def _mean_curve(curves: list[dict[int, float]]) -> dict[str, list]:
+  steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  return {"steps": steps, "mean": [sum(c[s] for c in curves) / len(curves) for s in steps],
+          "runs": len(curves)}
+
+
+def build(workdir: str) -> dict[str, Any]:
+  """The report's numbers (report.json's content, without the pictures)."""
+  plan = Plan.load(workdir)
+  results = {r.name: read_results(plan.run_dir(r)) for r in plan.runs if plan.finished(r)}
+  metrics = sorted(set().union(*(metric_keys(v) for v in results.values()))) if results else []
+  chance = {}
+  for res in results.values():
+    for m in metrics:
+      level = chance_level(m, res)
+      if level is not None:
+        chance.setdefault(m, level)
+  groups: dict[str, dict[str, Any]] = {}
+  for r in plan.runs:
+    g = groups.setdefault(r.group, {"runs": [], "seeds": [], "values": {}})
+    g["runs"].append(r.name)
+    if r.name in results:
+      g["seeds"].append(r.seed)
+      for m in metric_keys(results[r.name]):
+        g["values"].setdefault(m, {})[r.seed] = float(results[r.name][m])
+  out_groups, differences, curves = {}, {}, {}
+  base = groups.get(plan.baseline)
+  for name, g in groups.items():
+    out_groups[name] = {
+        "runs": g["runs"], "seeds": g["seeds"],
+        "metrics": {m: dict(stats.t_interval(list(g["values"].get(m, {}).values())).as_dict(),
+                            chance=chance.get(m), values=g["values"].get(m, {}))
+                    for m in metrics}}
+    if base is not None and name != plan.baseline:
+      differences[name] = {}
+      for m in metrics:
+        summary, seeds = stats.paired_difference(g["values"].get(m, {}),
+                                                 base["values"].get(m, {}))
+        differences[name][m] = dict(summary.as_dict(), seeds=seeds,
+                                    excludes_zero=summary.excludes_zero())
+    finished = [plan.run_dir(r) for r in plan.runs if r.group == name and r.name in results]
+    curves[name] = _mean_curve([c for c in map(logged_scalars, finished) if c])
+  first = next(iter(results.values()), {})
+  return {
+      "workdir": plan.workdir, "sweep_file": plan.sweep_file, "config": plan.config,
+      "common_flags": plan.common_flags, "baseline": plan.baseline,
+      "confidence": stats.CONFIDENCE,
+      "runs": [{"name": r.name, "group": r.group, "seed": r.seed, "status": run_status(plan, r),
+                "overrides": r.overrides} for r in plan.runs],
+      "finished": len(results), "total": len(plan.runs),
+      "missing": [r.name for r in plan.runs if r.name not in results],
+      "metrics": metrics,
+      "headline": [m for m in (plan.headline or headline_keys(first)) if m in metrics],
+      "chance": chance, "groups": out_groups, "differences": differences,
+      "train_loss": curves,
+  }
+
+
+def _num(x: Optional[float]) -> str:
+  return "-" if x is None else f"{x:.4f}"
+
+
+def _ci(s: dict) -> str:
+  return "-" if s.get("ci") is None else f"[{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"
+
+
+def markdown(rep: dict[str, Any]) -> str:
+  pct = f"{rep['confidence']:.0%}"
+  lines = [f"# Sweep report: {os.path.basename(rep['sweep_file']) or rep['workdir']}", "",
+           f"{rep['finished']} of {rep['total']} runs finished. Config `{rep['config']}`"
+           + (f" with `{' '.join(rep['common_flags'])}`" if rep["common_flags"] else "") + ".",
+           f"Groups are the runs that differ only in their seed; intervals are {pct} Student t "
+           "intervals of the mean over seeds" + (
+               f"; differences are against `{rep['baseline']}`, paired by seed." if
+               rep["baseline"] else "."), ""]
+  if rep["missing"]:
+    lines += ["## Missing runs", ""]
+    status = {r["name"]: r["status"] for r in rep["runs"]}
+    lines += [f"- `{name}`: {status[name]}" for name in rep["missing"]] + [""]
+  ordered = rep["headline"] + [m for m in rep["metrics"] if m not in rep["headline"]]
+  for i, m in enumerate(ordered):
+    if i == 0:
+      lines += ["## Headline metrics", ""]
+    if i == len(rep["headline"]):
+      lines += ["## Other metrics", ""]
+    chance = rep["chance"].get(m)
+    lines += [f"### {m}" + (f" (chance {chance:.4f})" if chance is not None else ""), ""]
+    picture = rep.get("pictures", {}).get(m)
+    if picture:
+      lines += [f"![{m}]({picture})", ""]
+    head = "| group | n | mean | std | " + pct + " CI |"
+    rule = "|---|---|---|---|---|"
+    if rep["baseline"]:
+      head += f" - {rep['baseline']} (paired) | {pct} CI | pairs |"
+      rule += "---|---|---|"
+    lines += [head, rule]
+    for g, info in rep["groups"].items():
+      s = info["metrics"][m]
+      row = f"| {g} | {s['n']} | {_num(s['mean'])} | {_num(s['std'])} | {_ci(s)} |"
+      if rep["baseline"]:
+        d = rep["differences"].get(g, {}).get(m)
+        row += (" (baseline) | | |" if d is None else
+                f" {_num(d['mean'])} | {_ci(d)}{' *' if d['excludes_zero'] else ''} | {d['n']} |")
+      lines.append(row)
+    lines.append("")
+  if rep["baseline"]:
+    lines += [f"`*`: the {pct} interval of the paired difference excludes 0.", ""]
+  if rep.get("pictures", {}).get(LOSS_TAG):
+    lines += ["## Training loss", "", f"Mean {LOSS_TAG} over each group's finished runs.", "",
+              f"![{LOSS_TAG}]({rep['pictures'][LOSS_TAG]})", ""]
+  lines += ["## Runs", "", "| run | group | seed | status |", "|---|---|---|---|"]
+  lines += [f"| {r['name']} | {r['group']} | {r['seed']} | {r['status']} |" for r in rep["runs"]]
+  return "\n".join(lines) + "\n"
+
+
+def write_report(workdir: str) -> dict[str, Any]:
+  """Builds the report and writes report.json, report.md and the pictures; returns the report."""
+  rep = build(workdir)
+  rep["pictures"] = plots.write_pictures(rep, os.path.join(rep["workdir"], PICTURES), LOSS_TAG)
+  rep["pictures"] = {k: os.path.relpath(v, rep["workdir"]) for k, v in rep["pictures"].items()}
+  for name, text in ((REPORT_JSON, json.dumps(rep, indent=2)), (REPORT_MD, markdown(rep))):
+    path = os.path.join(rep["workdir"], name)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  return rep

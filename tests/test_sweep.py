@@ -1,0 +1,428 @@
+"""Sweeps (rankclip_jax/sweep.py, rankclip_jax/sweeps/): the grid and its run names, every run
+checked before any starts, a real sweep of micro runs interrupted, failed and run again, the
+interval arithmetic against scipy, the report on runs with known results, and the SLURM script and
+commands for other schedulers."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from scipy import stats as scipy_stats
+
+from rankclip_jax import cli
+from rankclip_jax import sweeps
+from rankclip_jax.sweeps import SweepError, chain, fixed, product, values, variants
+from rankclip_jax.sweeps import build, devices, emit, grid, rundir, stats
+from rankclip_jax.sweeps.plan import Plan, PlannedRun
+from tests import cli_runs
+
+REPO = cli_runs.REPO
+CONFIG = os.path.join(REPO, "configs", "rankclip_synthetic.py")
+# TensorFlow's and absl's C++ logging, written before Python runs any of our code.
+NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IWE]0000 ")
+
+
+def names(runs):
+  return [r.name for r in grid.name_runs(runs)]
+
+
+# The grid and its names.
+
+
+def test_product_zip_and_chain_expand_in_order_with_short_readable_names():
+  methods = variants({"clip": {"loss.cross_weight": 0.0}, "rank": {"loss.cross_weight": 1 / 16}})
+  seeds = values("seed", range(2))
+  assert names(product(methods, seeds)) == ["clip,seed=0", "clip,seed=1", "rank,seed=0",
+                                            "rank,seed=1"]
+  both = ("loss.cross_weight", "loss.inmodal_weight")
+  zipped = sweeps.zip(values("loss.cross_weight", [1 / 64, 0.5]),
+                      values("optim.learning_rate", [1e-3, 1e-5]))
+  assert names(zipped) == ["cross_weight=0.015625,learning_rate=0.001",
+                           "cross_weight=0.5,learning_rate=1e-05"]
+  runs = grid.name_runs(chain(product(values(both, [1 / 32], name="w"), fixed({"seed": 3})),
+                              values("loss.weight_schedule", ["constant"])))
+  assert [r.name for r in runs] == ["w=0.03125", "weight_schedule=constant"]
+  assert runs[0].overrides == {"loss.cross_weight": 1 / 32, "loss.inmodal_weight": 1 / 32,
+                               "seed": 3}
+  # Two swept fields ending alike keep as much of their paths as tells them apart.
+  assert names(product(values("loss.weight", [1]), values("optim.weight", [2]))) == [
+      "loss.weight=1,optim.weight=2"]
+  # Stable: a run's name does not depend on the other runs, nor on building it twice.
+  assert names(product(methods, seeds))[:2] == names(product(methods[:1], seeds))
+  # Groups: the runs that differ only in their seed.
+  assert [r.group for r in grid.name_runs(product(methods, seeds))] == ["clip", "clip", "rank",
+                                                                        "rank"]
+  assert [r.group for r in grid.name_runs(values("seed", [0, 1]))] == ["base", "base"]
+  assert grid.format_value("a b/c") == "a_b_c" and grid.format_value(True) == "True"
+
+
+@pytest.mark.parametrize("runs,facts", [
+    (chain(values("seed", [0, 1]), values("seed", [1])), ["runs 2 and 3", "'seed=1'"]),
+    (chain(product(fixed({"loss.cross_weight": 0.0}), values("seed", [0])),
+           product(fixed({"loss.cross_weight": 0.5}), values("seed", [0]))),
+     ["both named 'seed=0'", "name="]),
+    (product(values("seed", [0]), fixed({"seed": 1})), ["field 'seed' is set to 0", "and to 1"]),
+    (chain(product(fixed({"loss.cross_weight": 0.0}), values("seed", [0])),
+           product(fixed({"loss.cross_weight": 0.5}), values("seed", [1]))),
+     ["group 'base'", "differ in more than the seed"]),
+])
+def test_a_name_clash_or_a_field_set_twice_is_an_error(runs, facts):
+  with pytest.raises(SweepError) as e:
+    grid.name_runs(runs)
+  for fact in facts:
+    assert fact in str(e.value), (fact, str(e.value))
+
+
+def test_zip_needs_equal_lengths_and_labels_name_folders():
+  with pytest.raises(SweepError, match=r"\[2, 1\] runs"):
+    sweeps.zip(values("seed", [0, 1]), values("loss.cross_weight", [0.5]))
+  with pytest.raises(SweepError, match="letters, digits"):
+    variants({"a/b": {}})
+
+
+# Every run checked before any starts.
+
+
+def _sweep_file(tmp_path, body, name="sweep.py"):
+  path = tmp_path / name
+  path.write_text("from rankclip_jax.sweeps import *\n\ndef get_sweep():\n  return " + body + "\n")
+  return str(path)
+
+
+@pytest.mark.parametrize("bad,facts", [
+    ('{"loss.cross_wieght": 0.1}', ["--config.loss.cross_wieght=0.1",
+                                    "Did you mean 'cross_weight'?"]),
+    ('{"total_steps": "many"}', ["--config.total_steps=many", "config.total_steps takes an int"]),
+    ('{"batch_size": 15}', ["config.batch_size=15", "divisible by the 2 devices"]),
+    ('{"loss.name": "siglip"}', ["config.loss.name='siglip'", "--config.loss.cross_weight=0"]),
+])
+def test_every_run_is_checked_before_any_run_starts(tmp_path, bad, facts):
+  """The last run of three cannot work: the plan stops there, naming the run and the field."""
+  body = (f'Sweep(runs=chain(product(variants({{"good": {{}}}}), values("seed", [0, 1])), '
+          f'variants({{"bad": {bad}}})))')
+  with pytest.raises(SweepError) as e:
+    build.build_plan(workdir=str(tmp_path / "out"), config=CONFIG, command_line=[],
+                     sweep_file=_sweep_file(tmp_path, body), num_devices=2)
+  assert str(e.value).startswith("run 'bad' (3 of 3): "), str(e.value)
+  for fact in facts:
+    assert fact in str(e.value), (fact, str(e.value))
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_file_that_cannot_work_names_itself(tmp_path):
+  for body, fact in (('Sweep(runs=values("seed", [0]), baseline="clip")',
+                      "baseline='clip' is none of the sweep's groups: base"),
+                     ('[1, 2]', "returned list, not rankclip_jax.sweeps.Sweep"),
+                     ('Sweep(runs=values("seed", [0]) + 1)', "TypeError")):
+    path = _sweep_file(tmp_path, body)
+    with pytest.raises(SweepError) as e:
+      build.build_plan(workdir=str(tmp_path / "out"), config=CONFIG, command_line=[],
+                       sweep_file=path, num_devices=1)
+    assert str(e.value).startswith(f"--sweep={path}: ") and fact in str(e.value), str(e.value)
+
+
+def _error_lines(stderr):
+  return [l for l in stderr.splitlines() if l.strip() and not NOISE.match(l)]
+
+
+def _env():
+  return dict(cli_runs.env(cli_runs.REFERENCE_DEVICES), PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def test_the_command_stops_on_a_bad_run_with_one_error_line_and_emits_commands(tmp_path):
+  """Two `python -m rankclip_jax.sweep` processes at once: a sweep whose third run misspells a
+  field (one `Error:` line naming the run and the field, exit status 2, nothing written), and
+  `--emit=commands` of a good one (one runnable main.py command per run on stdout)."""
+  bad = _sweep_file(tmp_path, 'Sweep(runs=chain(values("seed", [0, 1]), '
+                              'variants({"typo": {"optim.learning_rat": 0.1}})))', "bad.py")
+  good = _sweep_file(tmp_path, 'Sweep(runs=product(variants({"clip": {"loss.cross_weight": 0.0}, '
+                               '"rank": {}}), values("seed", [0, 1])), baseline="clip")', "good.py")
+  cmd = [sys.executable, "-m", "rankclip_jax.sweep", f"--config={CONFIG}",
+         "--config.total_steps=77"]
+  procs = {
+      "bad": subprocess.Popen(cmd + [f"--sweep={bad}", f"--workdir={tmp_path}/bad_out"],
+                              cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True),
+      "good": subprocess.Popen(cmd + [f"--sweep={good}", f"--workdir={tmp_path}/good_out",
+                                      "--emit=commands"], cwd=REPO, env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)}
+  out = {k: (p.communicate(timeout=240), p.returncode) for k, p in procs.items()}
+  (_, stderr), status = out["bad"]
+  lines = _error_lines(stderr)
+  assert status == 2 and len(lines) == 1, (status, lines)
+  assert lines[0].startswith("Error: run 'typo' (3 of 3): --config.optim.learning_rat=0.1: "), lines
+  assert "Did you mean 'learning_rate'?" in lines[0]
+  assert not (tmp_path / "bad_out").exists()
+
+  (stdout, stderr), status = out["good"]
+  assert status == 0, stderr[-3000:]
+  commands = stdout.strip().splitlines()
+  assert len(commands) == 4
+  plan = Plan.load(str(tmp_path / "good_out"))
+  for line, run in zip(commands, plan.runs):
+    assert subprocess.run(["bash", "-n", "-c", line]).returncode == 0
+    config, workdir = _parse_as_main(shlex.split(line)[2:])  # after `python -m`
+    assert workdir == os.path.join(str(tmp_path / "good_out"), run.name)
+    assert config.total_steps == 77 and config.seed == run.seed
+    assert config.loss.cross_weight == (0.0 if run.group == "clip" else 1 / 16)
+
+
+def _parse_as_main(argv):
+  """argv (rankclip_jax.main and its flags) parsed as main.py parses it: (config, workdir)."""
+  assert argv[0] == "rankclip_jax.main", argv
+  argv = ["main.py"] + argv[1:]
+  sys.modules.pop("config_config", None)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  _, problem = cli.check_command_line(argv, ["config", "workdir"], flag_values=fv)
+  assert problem is None, problem
+  return fv["config"].value, fv["workdir"].value
+
+
+# A real sweep of micro runs through the command line.
+
+
+def _lock_free(workdir) -> bool:
+  import fcntl  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, ".sweep.lock"), "w") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return False
+    fcntl.flock(f, fcntl.LOCK_UN)
+    return True
+
+
+def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, uninterrupted_run):
+  """Three runs of tests/cli_runs.py's micro recipe: `done` already finished (the session's
+  uninterrupted run, copied in), `warm_start` starts from weights that are not there yet (it
+  fails), `reference,seed=0` trains that recipe again. The sweep is killed (SIGKILL) once it
+  has a checkpoint: the run gets SIGTERM as its sweep dies, saves and stops. Then the weights
+  appear and the same command (with --parallel=2) skips `done`, retries `warm_start` (its failed
+  log kept as log.1.txt) and resumes `reference,seed=0`, which ends exactly like the
+  uninterrupted run."""
+  workdir = tmp_path / "sweep"
+  weights = tmp_path / "weights"
+  shutil.copytree(uninterrupted_run, workdir / "done")
+  # reference,seed=0: the recipe's own seed, in a folder named like the studies' (',' and '=').
+  sweep_file = _sweep_file(tmp_path, f'Sweep(runs=chain(variants({{"done": {{}}, "warm_start": '
+                                     f'{{"model.init_from": "{weights}"}}}}), product(variants('
+                                     '{"reference": {}}), values("seed", [0]))))')
+  cmd = [sys.executable, "-m", "rankclip_jax.sweep", f"--config={CONFIG}",
+         f"--sweep={sweep_file}", f"--workdir={workdir}"] + cli_runs.train_cmd("x")[4:] + [
+             "--config.checkpoint.every_steps=5"]
+  reference = workdir / "reference,seed=0"
+
+  # 1. done is skipped, warm_start fails, reference is interrupted once it has a checkpoint.
+  proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while not rundir.checkpoint_steps(str(reference)):
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+    time.sleep(0.1)
+  proc.kill()
+  first = proc.communicate()[0]
+  assert "[1/3] done: finished before, skipped." in first, first
+  assert "[2/3] warm_start: FAILED (exit status 1)" in first, first
+  assert f"config.model.init_from={weights}: no such file or directory" in first
+  while not _lock_free(str(workdir)):  # the run holds the sweep's lock until it has stopped
+    assert time.time() < deadline
+    time.sleep(0.1)
+  assert not (reference / "results.json").exists(), "the run ended before the sweep was killed"
+  stopped_at = max(rundir.checkpoint_steps(str(reference)))
+  assert "Stopped by SIGTERM" in (reference / "log.txt").read_text()
+
+  # 2. The cause of the failure fixed, the same command (two runs at a time, each on 2 CPU devices).
+  os.symlink(uninterrupted_run, weights)
+  second = subprocess.run(cmd + ["--parallel=2"], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=400)
+  assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+  out = second.stdout
+  assert "[1/3] done: finished before, skipped." in out, out
+  assert not (workdir / "done" / "log.txt").exists()  # untouched
+  assert "[2/3] warm_start: started (attempt 2; the last one's log kept as log.1.txt)" in out, out
+  assert "[2/3] warm_start: done in" in out
+  assert "Error: config.model.init_from" in (workdir / "warm_start" / "log.1.txt").read_text()
+  assert "Starting step 0/30" in (workdir / "warm_start" / "log.txt").read_text()
+  assert f"[3/3] reference,seed=0: resuming from step {stopped_at} (attempt 2;" in out, out
+  assert "[3/3] reference,seed=0: done in" in out and "ETA 0m00s" in out
+  assert "2 of 3 runs to go, 2 at a time" in out
+  assert "Stopped by SIGTERM" in (reference / "log.1.txt").read_text()
+  assert f"Resuming at step {stopped_at}/" in (reference / "log.txt").read_text()
+  assert json.loads((reference / "results.json").read_text()) == json.loads(
+      open(os.path.join(uninterrupted_run, "results.json")).read())
+  for tag in ("train/loss", "train/grad_norm"):
+    got, want = cli_runs.logged(str(reference), tag), cli_runs.logged(uninterrupted_run, tag)
+    assert sorted(got) == sorted(want) == list(range(1, cli_runs.REFERENCE_STEPS + 1)), tag
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                               rtol=1e-6, err_msg=tag)
+  rep = json.loads((workdir / "report.json").read_text())
+  assert rep["finished"] == 3 and rep["missing"] == []
+
+
+# Seed noise, against scipy.
+
+
+def test_the_t_interval_and_the_paired_difference_match_scipy():
+  rng = np.random.default_rng(0)
+  for n in (2, 3, 5, 12):
+    xs = rng.normal(0.6, 0.05, n)
+    s = stats.t_interval(xs)
+    lo, hi = scipy_stats.t.interval(0.95, n - 1, loc=np.mean(xs), scale=scipy_stats.sem(xs))
+    assert s.n == n and s.mean == pytest.approx(np.mean(xs), abs=1e-12)
+    assert s.std == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
+    assert (s.low, s.high) == (pytest.approx(lo, rel=1e-10), pytest.approx(hi, rel=1e-10))
+    b = xs - rng.normal(0.02, 0.01, n)
+    a_by_seed = dict(enumerate(xs))
+    b_by_seed = {**dict(enumerate(b)), 100: 0.9}  # a seed only b has is left out
+    d, seeds = stats.paired_difference(a_by_seed, b_by_seed)
+    want = scipy_stats.ttest_rel(xs, b).confidence_interval(0.95)
+    assert seeds == list(range(n)) and d.n == n
+    assert (d.low, d.high) == (pytest.approx(want.low, rel=1e-10),
+                               pytest.approx(want.high, rel=1e-10))
+    assert d.excludes_zero() == (want.low > 0 or want.high < 0)
+  one = stats.t_interval([0.5])
+  assert (one.n, one.mean, one.std, one.low) == (1, 0.5, None, None)
+  assert stats.t_interval([]).mean is None
+
+
+# The report, on runs with known results.
+
+
+def _fabricated_sweep(workdir):
+  """clip and rank, seeds 0-2; rank's seed 2 never ran. Known results and TensorBoard losses."""
+  runs = grid.name_runs(product(variants({"clip": {"loss.cross_weight": 0.0}, "rank": {}}),
+                                values("seed", range(3))))
+  plan = Plan(workdir=str(workdir), config=CONFIG, common_flags=[], baseline="clip",
+              headline=["zs_shape/top1", "retrieval/i2t_r1"],
+              runs=[PlannedRun(index=i + 1, name=r.name, group=r.group,
+                               seed=r.overrides["seed"], overrides=r.overrides, flags=[])
+                    for i, r in enumerate(runs)])
+  plan.save()
+  shape = {"clip": [0.50, 0.56, 0.53], "rank": [0.58, 0.61]}
+  i2t = {"clip": [0.20, 0.22, 0.19], "rank": [0.21, 0.25]}
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  for run in plan.runs:
+    if run.group == "rank" and run.seed == 2:
+      continue
+    folder = plan.run_dir(run)
+    os.makedirs(folder)
+    results = {"step": 3, "zs_shape/top1": shape[run.group][run.seed],
+               "zs_shape/top3": shape[run.group][run.seed] + 0.2, "zs_shape/chance": 0.125,
+               "zs_shape/num_examples": 512, "retrieval/i2t_r1": i2t[run.group][run.seed]}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+      json.dump(results, f)
+    writer = metric_writers.create_default_writer(folder)
+    for step in (1, 2, 3):
+      writer.write_scalars(step, {"train/loss": 10.0 * (run.group == "rank") + run.seed + step})
+    writer.close()
+  return plan, shape, i2t
+
+
+def test_the_report_on_runs_with_known_results(tmp_path):
+  plan, shape, i2t = _fabricated_sweep(tmp_path / "sweep")
+  os.makedirs(plan.run_dir(plan.runs[-1]) + "/checkpoints/40")  # rank,seed=2 was interrupted
+  out = subprocess.run([sys.executable, "-m", "rankclip_jax.sweep", "--report", plan.workdir],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"Report of 5 of 6 runs: {plan.workdir}/report.md" in out.stdout
+  rep = json.loads((tmp_path / "sweep" / "report.json").read_text())
+  assert rep["missing"] == ["rank,seed=2"] and rep["finished"] == 5
+  assert next(r for r in rep["runs"] if r["name"] == "rank,seed=2")["status"] == \
+      "interrupted at checkpoint 40"
+  assert rep["metrics"] == ["retrieval/i2t_r1", "zs_shape/top1", "zs_shape/top3"]
+  assert rep["chance"] == {"zs_shape/top1": 0.125, "zs_shape/top3": 0.375}
+  for group in ("clip", "rank"):
+    got = rep["groups"][group]["metrics"]["zs_shape/top1"]
+    xs = shape[group]
+    lo, hi = scipy_stats.t.interval(0.95, len(xs) - 1, loc=np.mean(xs), scale=scipy_stats.sem(xs))
+    assert got["n"] == len(xs) and got["mean"] == pytest.approx(np.mean(xs))
+    assert got["std"] == pytest.approx(np.std(xs, ddof=1))
+    assert got["ci"] == [pytest.approx(lo), pytest.approx(hi)]
+    assert got["chance"] == 0.125
+  for metric, values_ in (("zs_shape/top1", shape), ("retrieval/i2t_r1", i2t)):
+    d = rep["differences"]["rank"][metric]
+    want = scipy_stats.ttest_rel(values_["rank"], values_["clip"][:2]).confidence_interval(0.95)
+    assert d["seeds"] == [0, 1] and d["n"] == 2
+    assert d["mean"] == pytest.approx(np.mean(np.subtract(values_["rank"], values_["clip"][:2])))
+    assert d["ci"] == [pytest.approx(want.low), pytest.approx(want.high)]
+  assert "clip" not in rep["differences"]
+  # The mean loss curve per group, from the TensorBoard files: (0 + 1 + 2) / 3 + step for clip.
+  assert rep["train_loss"]["clip"] == {"steps": [1, 2, 3], "mean": [2.0, 3.0, 4.0], "runs": 3}
+  assert rep["train_loss"]["rank"]["mean"] == [11.5, 12.5, 13.5]
+  for key in ("zs_shape/top1", "retrieval/i2t_r1", "train/loss"):
+    path = tmp_path / "sweep" / rep["pictures"][key]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
+  md = (tmp_path / "sweep" / "report.md").read_text()
+  assert "### zs_shape/top1 (chance 0.1250)" in md and "`rank,seed=2`: interrupted" in md
+  assert f"| clip | 3 | {np.mean(shape['clip']):.4f} |" in md
+
+
+# Devices and other schedulers.
+
+
+def test_parallel_runs_split_the_gpus_or_share_the_cpu(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "")
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+  slots, each = devices.slots(2)
+  assert each == 2 and [s.env for s in slots] == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                                   {"CUDA_VISIBLE_DEVICES": "2,3"}]
+  slots, each = devices.slots(3, gpus_per_run=1)
+  assert each == 1 and [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "2"]
+  with pytest.raises(SweepError, match="4 GPU"):
+    devices.slots(5)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+  slots, each = devices.slots(2)
+  assert each == 3 and [s.env for s in slots] == [{}, {}]
+
+
+def test_the_slurm_script_runs_one_run_per_array_task(tmp_path):
+  """The script passes `bash -n`; run by bash with a stand-in srun and python, task 1 trains the
+  second run with its flags (its earlier log kept), a finished run's task does nothing."""
+  plan, _, _ = _fabricated_sweep(tmp_path / "sweep")
+  plan.common_flags = ["--config.total_steps=9"]
+  plan.runs = [PlannedRun(index=r.index, name=r.name, group=r.group, seed=r.seed,
+                          overrides=r.overrides, flags=[f"--config.seed={r.seed}"])
+               for r in plan.runs]
+  script = tmp_path / "sweep.sbatch"
+  script.write_text(emit.slurm_script(plan, gpus_per_run=2, parallel=3))
+  assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+  text = script.read_text()
+  assert "#SBATCH --array=0-5%3" in text and "#SBATCH --gpus-per-node=2" in text
+  assert "#SBATCH --signal=TERM@300" in text and "#SBATCH --requeue" in text
+  submit = tmp_path / "repo"
+  (submit / ".venv" / "bin").mkdir(parents=True)
+  (submit / "bin").mkdir()
+  (submit / ".venv" / "bin" / "activate").write_text(f'export PATH="{submit}/bin:$PATH"\n')
+  (submit / "bin" / "srun").write_text('#!/bin/bash\nshift\nexec "$@"\n')
+  (submit / "bin" / "python").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+  for f in ("srun", "python"):
+    os.chmod(submit / "bin" / f, 0o755)
+  def task(k):
+    out = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(k),
+                                  SLURM_SUBMIT_DIR=str(submit)))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+  assert task(1) == "clip,seed=1: finished before, skipped.\n"  # it has results.json
+  assert task(5) == task(5) == "rank,seed=2 (run 6 of 6): log " + str(
+      tmp_path / "sweep" / "rank,seed=2" / "log.txt") + "\n"  # none: trained (twice)
+  folder = tmp_path / "sweep" / "rank,seed=2"
+  argv = (folder / "log.txt").read_text().split("\n")[:-1]
+  assert argv == ["-m", "rankclip_jax.main", f"--config={CONFIG}", "--config.total_steps=9",
+                  f"--workdir={folder}", "--config.seed=2"]
+  assert (folder / "log.1.txt").read_text() == (folder / "log.txt").read_text()
