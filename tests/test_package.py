@@ -46,12 +46,13 @@ def test_the_package_imports_from_any_folder(tmp_path):
 
 COMMANDS = {"rankclip-train": "Flag --config must have a value",
             "rankclip-evaluate": "Flag --workdir must have a value",
-            "rankclip-convert": "Error: --input is required."}
+            "rankclip-convert": "Error: --input is required.",
+            "rankclip-sweep": "Error: --config and --sweep and --workdir required"}
 
 
 def test_console_scripts_are_installed_and_run(tmp_path):
   """Each command runs our entry point from any folder: without its required flag it says so
-  (the three start at once: each imports jax)."""
+  (they start at once: each imports jax)."""
   procs = {}
   for script in COMMANDS:
     assert _pyproject()["project"]["scripts"][script]
