@@ -228,3 +228,19 @@ def test_scanned_layers_compute_what_the_per_layer_stack_computes(micro, micro_p
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
                with_layer_layout(jax.tree.map(np.asarray, got_g), scanned=False),
                jax.tree.map(np.asarray, want_g))
+
+
+def test_exact_gelu_matches_its_definition():
+  """models.transformer.gelu (erf form, fused by XLA) is x * Phi(x): against scipy in float64 and
+  jax.nn.gelu's erfc form, over the range activations take and far into the tails."""
+  from scipy.special import erf
+  from rankclip_jax.models.transformer import ACTIVATIONS, gelu
+  assert ACTIVATIONS["gelu"] is gelu
+  x = np.linspace(-12, 12, 20001).astype(np.float32)
+  want = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+  got = np.asarray(jax.jit(gelu)(x), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(got, np.asarray(jax.nn.gelu(x, approximate=False)), atol=2e-6)
+  g = np.asarray(jax.vmap(jax.grad(gelu))(x), np.float64)  # Phi(x) + x phi(x)
+  dwant = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x.astype(np.float64) ** 2 / 2) / np.sqrt(2 * np.pi)
+  np.testing.assert_allclose(g, dwant, atol=1e-5)

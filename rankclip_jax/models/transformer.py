@@ -12,13 +12,20 @@ import numpy as np
 Dtype = Any
 
 
+def gelu(x):
+  """The exact GELU, x * Phi(x), written with erf: 0.5 x (1 + erf(x / sqrt 2)), as PyTorch computes
+  it. jax.nn.gelu's exact form uses erfc, whose XLA CPU expansion (exponentials and branches)
+  does not fuse with the neighbouring ops of the step. The two agree to 1e-6 everywhere."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype)))
+
+
 def quick_gelu(x):
   """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
   return x * jax.nn.sigmoid(1.702 * x)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
     "quick_gelu": quick_gelu,
 }
