@@ -1,7 +1,7 @@
-"""benchmarks/accelerator_check.py in its tiny CPU mode: once where TensorFlow cannot be imported (as
-on a GPU or TPU machine with only JAX installed: every part runs and the demo's metrics are
+"""benchmarks/accelerator_check.py in its tiny CPU mode: once where TensorFlow cannot be imported
+(as on a GPU or TPU machine with only JAX installed: every part runs and the demo's metrics are
 TensorBoard event files written without TensorFlow, read back by tensorboard's reader), and once
-in the normal environment (CLU's writer), sharing one compilation cache."""
+in the normal environment (CLU's writer), sharing the session's compilation cache (conftest.py)."""
 
 import json
 import os
