@@ -10,6 +10,8 @@
 # Environment: REPO_URL (default: this checkout's origin), REV (default: this checkout's commit),
 # RUNTIME (TPU VM image, default tpu-ubuntu2204-base), and the usual gcloud project settings.
 # Running it again resumes the run (same WORKDIR) on the same slice; after a preemption, on a new one.
+# The install is README's TPU line: requirements.txt plus jax[tpu] at the pinned JAX (libtpu from
+# PyPI). The VM's python3 must be 3.11 or newer (python3 --version; pick a RUNTIME image that has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: launch/tpu_vm.sh NAME ZONE ACCELERATOR CONFIG WORKDIR [overrides...]"

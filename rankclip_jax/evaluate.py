@@ -21,11 +21,10 @@ from typing import Any, Optional
 import jax
 import ml_collections
 from absl import flags
-from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
 
-from rankclip_jax import checkpointing, cli, reporting
+from rankclip_jax import checkpointing, cli, metric_writer, reporting
 from rankclip_jax import sharding as shd
 from rankclip_jax.config_validation import validate_for_evaluation
 from rankclip_jax.errors import USER_ERRORS
@@ -66,7 +65,7 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
         json.dumps(dict(metrics, step=step), indent=2, sort_keys=True))
     (out_dir / f"results_{step}.md").write_text(
         f"# Evaluation of {workdir} at step {step}\n\n{reporting.results_table(metrics)}\n")
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   reporting.write_evaluation(writer, workdir, step, metrics, pictures)
   writer.close()
   return step, metrics

@@ -14,6 +14,8 @@ from typing import Optional
 
 import jax
 
+from rankclip_jax import compat
+
 # Dense (no sparsity) peak TFLOP/s per device: (bfloat16, float32 as the MXU/tensor cores run it:
 # TF32 on NVIDIA, bf16 passes on TPU).
 PEAK_TFLOPS = {
@@ -56,11 +58,9 @@ def step_flops(jitted, *args) -> Optional[float]:
   FLOPs, independent of the device count (after partitioning, replicated work such as the
   optimizer update would be counted once per device). None when the backend does not say."""
   try:
-    analysis = jitted.lower(*args).cost_analysis()
+    analysis = compat.cost_analysis(jitted.lower(*args))
   except Exception:  # pylint: disable=broad-except  (backends differ in what they support)
     return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
   if not analysis or "flops" not in analysis:
     return None
   return float(analysis["flops"])

@@ -21,11 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 
 from rankclip_jax import checkpointing
 from rankclip_jax import flops as flops_lib
+from rankclip_jax import metric_writer
 from rankclip_jax import objective as objective_lib
 from rankclip_jax import optim
 from rankclip_jax import reporting
@@ -168,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Outputs: workdir, metric writer, checkpoints.
     workdir = checkpointing.absolute_path(workdir)  # Orbax's tensorstore paths must be absolute
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     teardown.callback(writer.close)
     ckpt = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), every_steps=config.checkpoint.every_steps,
