@@ -15,6 +15,7 @@ import re
 
 import jax
 
+from rankclip_jax import metric_writer
 from rankclip_jax import sharding as shd
 from rankclip_jax.data import karpathy, synthetic, tfds_eval
 from rankclip_jax.data.sources import SOURCES
@@ -58,6 +59,9 @@ def validate_for_evaluation(config) -> None:
 
 
 def _validate_model(c) -> None:
+  _require(c.get("metric_writer", "auto") in metric_writer.CHOICES,
+           f"config.metric_writer={c.get('metric_writer')!r}; choose one of "
+           f"{list(metric_writer.CHOICES)}.")
   try:
     patch = tower_sizes(c.model).patch_size
   except ValueError as e:

@@ -65,7 +65,8 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
         json.dumps(dict(metrics, step=step), indent=2, sort_keys=True))
     (out_dir / f"results_{step}.md").write_text(
         f"# Evaluation of {workdir} at step {step}\n\n{reporting.results_table(metrics)}\n")
-  writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                               choice=setup.config.metric_writer)
   reporting.write_evaluation(writer, workdir, step, metrics, pictures)
   writer.close()
   return step, metrics

@@ -168,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Outputs: workdir, metric writer, checkpoints.
     workdir = checkpointing.absolute_path(workdir)  # Orbax's tensorstore paths must be absolute
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                                 choice=config.metric_writer)
     teardown.callback(writer.close)
     ckpt = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), every_steps=config.checkpoint.every_steps,

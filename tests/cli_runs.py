@@ -30,7 +30,10 @@ def train_cmd(workdir, total_steps=REFERENCE_STEPS, extra=()):
           "--config.batch_size=16", f"--config.total_steps={total_steps}",
           "--config.optim.warmup_steps=1", "--config.log_every_steps=1",
           # Patch dropout draws from (seed, step): every resumed run must draw what this one did.
-          "--config.model.patch_dropout=0.25"] + [
+          "--config.model.patch_dropout=0.25",
+          # No TensorFlow import (~4 s a process); the uninterrupted reference run writes with
+          # CLU's writer instead (conftest.py), so every comparison also compares the two writers.
+          "--config.metric_writer=tensorboard"] + [
               f"--config.evals.{e}.num_examples=16" for e in EVALS] + list(extra)
 
 

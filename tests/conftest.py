@@ -90,7 +90,8 @@ def uninterrupted_run(tmp_path_factory, worker_id):
   from tests import cli_runs  # pylint: disable=g-import-not-at-top
 
   def build(workdir):
-    out = subprocess.run(cli_runs.train_cmd(workdir), env=cli_runs.env(cli_runs.REFERENCE_DEVICES),
+    out = subprocess.run(cli_runs.train_cmd(workdir, extra=["--config.metric_writer=auto"]),
+                         env=cli_runs.env(cli_runs.REFERENCE_DEVICES),
                          capture_output=True, text=True, timeout=600, cwd=cli_runs.REPO)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   return _build_once(tmp_path_factory, worker_id, "uninterrupted_run", build)
