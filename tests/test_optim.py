@@ -147,11 +147,11 @@ class StandInModel:
     return tower(p["image"], images), tower(p["text"], tokens), p["logit_scale"]
 
 
-def stand_in_objective(image_emb, text_emb, logit_scale, logit_bias, step):
+def stand_in_objective(embeddings, logit_scale, logit_bias, loss_state, step):
   del step
   # Decreasing in the logit scale: every update raises it.
-  loss = jnp.mean(image_emb ** 2) + jnp.mean(text_emb ** 2) - logit_scale
-  return loss + (0.0 if logit_bias is None else logit_bias ** 2), {}
+  loss = jnp.mean(embeddings["image"] ** 2) + jnp.mean(embeddings["text"] ** 2) - logit_scale
+  return loss + (0.0 if logit_bias is None else logit_bias ** 2), {}, loss_state
 
 
 def stand_in_step(config):
