@@ -288,7 +288,7 @@ def test_gradcache_gives_the_full_batch_loss_gradient_and_means():
 def test_running_means_are_checkpointed_replicated_and_resumed_exactly(tmp_path):
   """Training on the embedded scenes, saved at step 2 in a real Orbax checkpoint (with the input
   position), restored into the trainer's state and trained on to step 4: the same running means,
-  bit for bit, and the same parameters as 4 uninterrupted steps."""
+  bit for bit, and the same parameters as 4 uninterrupted steps. A skipped step keeps them."""
   from rankclip_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
   trainer = train.Trainer(alip_config())  # the CSV test's step: compiled once
   ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every_steps=2, keep=2,
@@ -324,6 +324,12 @@ def test_running_means_are_checkpointed_replicated_and_resumed_exactly(tmp_path)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(state.params)),
                           jax.tree.leaves(final)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  # A non-finite step (NaN pixels) is skipped, and leaves the running means as they were.
+  bad = dict(next(it), image=np.full_like(next(it)["image"], np.nan))
+  state, metrics = trainer.step(state, bad)
+  assert int(metrics["skipped_nonfinite_steps"]) == 1 and int(state.step) == 5
+  for k in MEANS:
+    assert np.asarray(state.loss_state[k]).tobytes() == np.asarray(means[4][k]).tobytes(), k
 
 
 # ------------------------------------------------------------------ data
