@@ -15,6 +15,7 @@ an asynchronous save, at the next save or wait; the earlier checkpoints stay as 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -245,7 +246,11 @@ class Checkpointer:
     return step, state
 
   def _restore_step(self, step: int, abstract_state: Any, data_iterator=None):
-    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    item, added = abstract_state, self._fields_added_since(step, abstract_state)
+    if added:  # restored without them, then given their (empty) value
+      item = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+              if f.name not in added}
+    items = {STATE: ocp.args.StandardRestore(item)}
     data_states = self._data_states(step) if data_iterator is not None else None
     same_processes = data_states is not None and len(data_states) == jax.process_count()
     if same_processes:
@@ -261,7 +266,23 @@ class Checkpointer:
           "process %d); examples some processes had already read may be seen again.",
           step, len(data_states), jax.process_count(), state, jax.process_index())
       data_iterator.set_state(state)
+    if added:
+      return dataclasses.replace(abstract_state, **restored[STATE], **added)
     return restored[STATE]
+
+  def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
+    """The fields of a dataclass state (a TrainState) that the checkpoint of `step` lacks because it
+    was written before they existed, and that hold no array in this run (TrainState.loss_state of a
+    loss without state: {}): {name: value}. A missing field that does hold arrays is not one: the
+    restore then fails like any other tree that does not match."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return {}
+    try:
+      saved = set(self.manager.item_metadata(step)[STATE].tree)
+    except Exception:  # pylint: disable=broad-except
+      return {}  # unreadable metadata: the restore itself reports it
+    return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+            if f.name not in saved and not jax.tree.leaves(getattr(abstract_state, f.name))}
 
   def _move_aside(self, steps: list[int]) -> None:
     """Renames the folders of `steps` to <step>.damaged (or <step>.damaged-<n>, n = 1, 2, ... if

@@ -113,12 +113,14 @@ def _validate_loss(c, n: int) -> None:
   loss = LOSSES.get(c.loss.name)
   for w in ("cross_weight", "inmodal_weight"):
     _require(c.loss[w] >= 0, f"config.loss.{w}={c.loss[w]} must be >= 0 (0 switches it off).")
-  if c.loss.name == "siglip":
+  if not loss.weighted and not loss.pairs:
     _require(c.loss.cross_weight == 0 and c.loss.inmodal_weight == 0,
-             "config.loss.name='siglip' has no ranking or cyclic terms: set "
+             f"config.loss.name={c.loss.name!r} has no ranking or cyclic terms: set "
              "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
-             "configs/siglip_synthetic.py).")
+             f"configs/{c.loss.name}_synthetic.py).")
   _choose(SOURCES, c.data.train.kind, "config.data.train.kind")
+  if "synthetic_text" in loss.texts:
+    _validate_synthetic_captions(c)
   pairs = SOURCES.get(c.data.train.kind).pairs
   if loss.pairs or pairs:
     pair_losses = [k for k, v in LOSSES.items() if v.pairs]
@@ -138,6 +140,35 @@ def _validate_loss(c, n: int) -> None:
            f"{local_rows} rows each device computes (batch {c.batch_size}, strategy "
            f"{c.loss.strategy!r}, {n} devices).")
   _choose(SCHEDULES, c.loss.weight_schedule, "config.loss.weight_schedule")
+
+
+def _validate_synthetic_captions(c) -> None:
+  """A loss that trains on a second, synthetic caption of each image (ALIP): its constants, and a
+  training source that gives one."""
+  name = c.loss.name
+  _require(0 <= c.loss.alip_momentum < 1,
+           f"config.loss.alip_momentum={c.loss.alip_momentum} must be in [0, 1) (the authors': "
+           "0.99).")
+  _require(c.loss.alip_temperature > 0,
+           f"config.loss.alip_temperature={c.loss.alip_temperature} must be > 0 (the authors': 2).")
+  src = c.data.train
+  kind = SOURCES.get(src.kind)
+  with_captions = [k for k, v in SOURCES.items() if v.synthetic_captions]
+  _require(kind.synthetic_captions,
+           f"config.loss.name={name!r} trains on a synthetic caption of each image besides its "
+           f"text, and config.data.train.kind={src.kind!r} has none: use one of "
+           f"{', '.join(with_captions)} (see configs/alip_synthetic.py and the README's "
+           "'Synthetic captions').")
+  if kind.path_example:  # files: the column or member holding the captions
+    _require(bool(src.get("synthetic_caption_key", "").strip()),
+             f"config.loss.name={name!r} trains on a synthetic caption of each image besides its "
+             "text, and config.data.train.synthetic_caption_key is empty: name where your "
+             "captioner's captions are, --config.data.train.synthetic_caption_key=<column> for "
+             "kind 'csv', or the member extension, e.g. =syn.txt for <key>.syn.txt, for kind "
+             "'webdataset'.")
+  else:
+    _require(0 <= src.get("captioner_error", 0.0) <= 1,
+             f"config.data.train.captioner_error={src.get('captioner_error')} must be in [0, 1].")
 
 
 def _validate_optim(c) -> None:

@@ -72,7 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   # rankclip (both weights 0: plain CLIP) | cyclip (the weights are CyCLIP's lambda_2, lambda_1) |
-  # siglip (pairwise sigmoid with a learnable bias; the weights must be 0)
+  # siglip (pairwise sigmoid with a learnable bias; the weights must be 0) | alip (CLIP on the raw
+  # text and on a synthetic caption of each image, weighted by consistency gates; the weights must
+  # be 0; the training data must give synthetic captions: data.train.synthetic_caption_key)
   c.loss.name = "rankclip"
   c.loss.cross_weight = 1 / 16  # cross-modal term's weight (RankCLIP authors: r(t) / 16)
   c.loss.inmodal_weight = 1 / 16  # in-modal term's weight
@@ -81,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   # rows against the gathered batch: (N/P) x N memory) | "plain" (full N x N matrices, XLA decides).
   c.loss.strategy = "sharded"
   c.loss.chunk_size = 0  # rows per rematerialised block (0: all local rows at once)
+  # ALIP's gates (losses/alip.py; the authors' constants): the running mean cosines move by
+  # m <- momentum * m + (1 - momentum) * batch mean; the gates are exp(temperature * (cos - m)).
+  c.loss.alip_momentum = 0.99
+  c.loss.alip_temperature = 2.0
 
   # Contrastive gradient accumulation (GradCache): embed the global batch in this many micro-batches
   # without gradient, take the loss gradient w.r.t. the embeddings on the whole batch, then
@@ -143,12 +149,18 @@ def data_source(kind: str = "synthetic", **fields) -> ml_collections.ConfigDict:
     'jpg;jpeg;png;webp' and 'txt') or csv column names (default 'image' and 'caption', the
     RankCLIP/CyCLIP CSV format); empty means that default.
   delimiter: csv only; empty means tab for .tsv files and comma otherwise.
+  synthetic_caption_key: a second, synthetic caption of each image (made by any captioning model),
+    read only when the loss needs one (ALIP): the csv column, or the webdataset member extension
+    (e.g. 'syn.txt' for members <key>.syn.txt). An empty or missing one skips the example, counted
+    as an empty caption.
+  captioner_error: synthetic only, for ALIP: the share of attributes the embedded scenes'
+    "captioner" gets wrong (see data/synthetic/captioner.py).
   The synthetic fields (split, num_records, ...) are described in synthetic_source.
   """
   c = ml_collections.ConfigDict(dict(
-      kind=kind, path="", image_key="", caption_key="", delimiter="",
+      kind=kind, path="", image_key="", caption_key="", delimiter="", synthetic_caption_key="",
       split="train", num_records=1_000_000, min_objects=1, max_objects=3, caption_mode="random",
-      monochrome_fraction=0.0))
+      monochrome_fraction=0.0, captioner_error=0.2))
   c.update(fields)
   return c
 

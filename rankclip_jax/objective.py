@@ -26,7 +26,7 @@ STRATEGIES = Registry("config.loss.strategy")
 def _sharded(objective, mesh):
   batch = P(shd.DATA_AXES)
   return jax.shard_map(functools.partial(objective, axis_name=shd.DATA_AXES), mesh=mesh,
-                       in_specs=(batch, batch, P(), P(), P()), out_specs=(P(), P()))
+                       in_specs=(batch, P(), P(), P(), P()), out_specs=(P(), P(), P()))
 
 
 @STRATEGIES.register("plain")
@@ -36,26 +36,36 @@ def _plain(objective, mesh):
 
 
 def make_objective(mesh, *, name: str, cross_weight: float, inmodal_weight: float,
-                   weight_schedule: str, strategy: str, chunk_size: int, total_steps: int):
-  """-> objective(image_emb, text_emb, logit_scale, logit_bias, step) -> (loss, metrics).
+                   weight_schedule: str, strategy: str, chunk_size: int, total_steps: int,
+                   alip_momentum: float = 0.99, alip_temperature: float = 2.0):
+  """-> objective(embeddings, logit_scale, logit_bias, loss_state, step) -> (loss, metrics,
+  new loss_state), the one interface of every loss (losses.Loss).
 
+  embeddings: {"image", "text", and the loss's other caption fields (ALIP: "synthetic_text")}, each
+  [N, D] over the global batch; loss_state: the loss's running quantities (TrainState.loss_state).
   The keyword arguments are config.loss's fields (and config.total_steps, for the schedule).
   """
-  loss_fn = LOSSES.get(name).fn
+  loss = LOSSES.get(name)
   chunk = chunk_size or None
 
-  def objective(image_emb, text_emb, logit_scale, logit_bias, multiplier, *, axis_name):
-    return loss_fn(image_emb, text_emb, jnp.exp(logit_scale), logit_bias,
-                   cross_weight * multiplier, inmodal_weight * multiplier,
+  def objective(embeddings, logit_scale, logit_bias, multiplier, loss_state, *, axis_name):
+    hp = {"cross_weight": cross_weight * multiplier, "inmodal_weight": inmodal_weight * multiplier,
+          "alip_momentum": alip_momentum, "alip_temperature": alip_temperature}
+    return loss.fn(embeddings, jnp.exp(logit_scale), logit_bias, loss_state, hp,
                    axis_name=axis_name, chunk_size=chunk)
 
   run = STRATEGIES.get(strategy)(objective, mesh)
 
-  def objective_at_step(image_emb, text_emb, logit_scale, logit_bias, step):
+  def objective_at_step(embeddings, logit_scale, logit_bias, loss_state, step):
+    missing = [k for k in ("image",) + loss.texts if k not in embeddings]
+    if missing:
+      raise ValueError(f"config.loss.name={name!r} needs the embeddings {missing}; got "
+                       f"{sorted(embeddings)}.")
+    embeddings = {k: embeddings[k] for k in ("image",) + loss.texts}
     multiplier = ranking_weight_multiplier(step, total_steps, weight_schedule)
     if logit_bias is None:
       logit_bias = jnp.zeros((), jnp.float32)
-    loss, metrics = run(image_emb, text_emb, logit_scale, logit_bias, multiplier)
-    return loss, dict(metrics, logit_scale=logit_scale, scale=jnp.exp(logit_scale))
+    value, metrics, new_state = run(embeddings, logit_scale, logit_bias, multiplier, loss_state)
+    return value, dict(metrics, logit_scale=logit_scale, scale=jnp.exp(logit_scale)), new_state
 
   return objective_at_step

@@ -19,7 +19,8 @@ from rankclip_jax.data.records import skip_counts
 # Loss terms shown on the progress line when the loss reports them: (metric, short name).
 _PROGRESS_TERMS = (("clip_loss", "clip"), ("cross_rank_loss", "cross"),
                    ("inmodal_rank_loss", "inmodal"), ("cross_cyclic_loss", "cross"),
-                   ("inmodal_cyclic_loss", "inmodal"), ("bias", "bias"))
+                   ("inmodal_cyclic_loss", "inmodal"), ("bias", "bias"),
+                   ("caption_clip_loss", "caption clip"), ("alip_weight_sample", "w_s"))
 
 
 def say(msg: str):

@@ -27,19 +27,32 @@ class TrainState:
   # Running total of training examples the input pipeline skipped, per kind (data.records
   # SKIP_KINDS): part of the state so that it is exact across hosts and survives resumption.
   data_skipped: jax.Array
+  # The loss's own running quantities (losses.Loss.init_state: ALIP's running mean cosines; {} for
+  # the other losses): float32 scalars, replicated, checkpointed, updated by each applied step.
+  loss_state: Any
 
 
-def init_state(tx, params) -> TrainState:
-  """A fresh TrainState at step 0 around `params` (random or pretrained)."""
+def init_state(tx, params, loss_state: dict | None = None) -> TrainState:
+  """A fresh TrainState at step 0 around `params` (random or pretrained) and the loss's initial
+  state (default: none)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    data_skipped=jnp.zeros((len(SKIP_KINDS),), jnp.int32))
+                    data_skipped=jnp.zeros((len(SKIP_KINDS),), jnp.int32),
+                    loss_state=dict(loss_state or {}))
 
 
 def state_shardings(abstract_state: TrainState, param_shardings, mesh) -> TrainState:
-  """Parameters as given, the optimizer's moments like the parameters, counters replicated."""
+  """Parameters as given, the optimizer's moments like the parameters, counters and the loss
+  state replicated."""
   return TrainState(step=shd.replicated(mesh), params=param_shardings,
                     opt_state=shd.shardings_like(abstract_state.opt_state, param_shardings, mesh),
-                    data_skipped=shd.replicated(mesh))
+                    data_skipped=shd.replicated(mesh),
+                    loss_state=jax.tree.map(lambda _: shd.replicated(mesh),
+                                            abstract_state.loss_state))
+
+
+# The caption fields a training batch may hold: the raw text, and a synthetic caption of the image
+# (ALIP; only in batches of the losses that read it). Each is embedded by the one text tower.
+TEXT_FIELDS = ("text", "synthetic_text")
 
 
 def _apply(model, params, images, texts, rng):
@@ -48,9 +61,27 @@ def _apply(model, params, images, texts, rng):
                      rngs={"patch_dropout": rng})
 
 
+def _embed(model, params, images, batch, rng):
+  """(image embeddings, {caption field: embeddings} of every caption field in `batch`, logit
+  scale). Several caption fields go through the text tower in one pass, interleaved (rows k*F..
+  k*F+F-1 are example k's), so that each device's rows stay its own."""
+  fields = [k for k in TEXT_FIELDS if k in batch]
+  if len(fields) == 1:
+    image_emb, text_emb, logit_scale = _apply(model, params, images, batch[fields[0]], rng)
+    return image_emb, {fields[0]: text_emb}, logit_scale
+  tokens = jnp.stack([batch[k] for k in fields], axis=1)
+  n = tokens.shape[0]
+  tokens = tokens.reshape(n * len(fields), *tokens.shape[2:])
+  image_emb, text_emb, logit_scale = _apply(model, params, images, tokens, rng)
+  text_emb = text_emb.reshape(n, len(fields), *text_emb.shape[1:])
+  return image_emb, {k: text_emb[:, j] for j, k in enumerate(fields)}, logit_scale
+
+
 def embed_images(model, params, batch, rng):
-  """-> (image embeddings, text embeddings, logit scale) of a batch of (image, caption) pairs."""
-  return _apply(model, params, batch["image"], batch["text"], rng)
+  """-> ({"image", "text"[, "synthetic_text"]: embeddings}, logit scale) of a batch of (image,
+  caption) pairs."""
+  image_emb, texts, logit_scale = _embed(model, params, batch["image"], batch, rng)
+  return dict(texts, image=image_emb), logit_scale
 
 
 def embed_image_pairs(model, params, batch, rng):
@@ -58,8 +89,8 @@ def embed_image_pairs(model, params, batch, rng):
   difference of the two normalised image embeddings, which the comparative caption must match."""
   n = batch["image_a"].shape[0]
   images = jnp.concatenate([batch["image_a"], batch["image_b"]])
-  image_emb, text_emb, logit_scale = _apply(model, params, images, batch["text"], rng)
-  return l2_normalize(image_emb[:n] - image_emb[n:]), text_emb, logit_scale
+  image_emb, texts, logit_scale = _embed(model, params, images, batch, rng)
+  return dict(texts, image=l2_normalize(image_emb[:n] - image_emb[n:])), logit_scale
 
 
 # How a batch is embedded, by the image fields its source kind gives (data/sources.py).
@@ -78,10 +109,11 @@ def _merge_microbatches(x):
   return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def loss_and_grads(params, batch, step, rng, *, model, objective, microbatches: int = 1,
-                   embed: Callable = embed_images):
-  """((loss, metrics), grads) of the objective on one global batch, embedded by `embed`; `rng` is
-  the step's key for the model's training randomness (patch dropout).
+def loss_and_grads(params, batch, step, rng, loss_state, *, model, objective,
+                   microbatches: int = 1, embed: Callable = embed_images):
+  """((loss, metrics, new loss_state), grads) of the objective on one global batch, embedded by
+  `embed`, from the loss state `loss_state` (TrainState.loss_state); `rng` is the step's key for
+  the model's training randomness (patch dropout).
 
   microbatches > 1: contrastive gradient accumulation (GradCache, Gao et al. 2021). The loss couples
   every pair of the batch, so summing per-micro-batch gradients would be wrong; instead
@@ -90,44 +122,48 @@ def loss_and_grads(params, batch, step, rng, *, model, objective, microbatches: 
     3. re-embed each micro-batch and backpropagate its slice of that gradient into the towers.
   Activation memory is one micro-batch's; the gradient equals the full-batch one (float tolerance).
   Micro-batch k draws its randomness from fold_in(rng, k) in both passes, so 1. and 3. embed it
-  identically.
+  identically. The loss state (ALIP's running means) is updated once, from the whole batch's
+  embeddings.
   """
+
+  def value(embeddings, logit_scale, logit_bias):
+    loss, metrics, new_state = objective(embeddings, logit_scale, logit_bias, loss_state, step)
+    return loss, (metrics, new_state)
 
   if microbatches == 1:
     def full(p):
-      image_emb, text_emb, logit_scale = embed(model, p, batch, rng)
-      return objective(image_emb, text_emb, logit_scale, p.get("logit_bias"), step)
-    return jax.value_and_grad(full, has_aux=True)(params)
+      embeddings, logit_scale = embed(model, p, batch, rng)
+      return value(embeddings, logit_scale, p.get("logit_bias"))
+    (loss, (metrics, new_state)), grads = jax.value_and_grad(full, has_aux=True)(params)
+    return (loss, metrics, new_state), grads
 
   def scalars(p):
     _, _, logit_scale = model.apply({"params": p}, None, None)  # no tower runs
     return logit_scale, p.get("logit_bias")
 
   def embed_micro(p, mb, k):
-    image_emb, text_emb, _ = embed(model, p, mb, jax.random.fold_in(rng, k))
-    return image_emb, text_emb
+    return embed(model, p, mb, jax.random.fold_in(rng, k))[0]
 
   micro = jax.tree.map(lambda x: _split_microbatches(x, microbatches), batch)
   index = jnp.arange(microbatches)
-  image_m, text_m = jax.lax.map(
-      lambda xs: embed_micro(jax.lax.stop_gradient(params), *xs), (micro, index))
-  image_emb, text_emb = _merge_microbatches(image_m), _merge_microbatches(text_m)
+  emb_m = jax.lax.map(lambda xs: embed_micro(jax.lax.stop_gradient(params), *xs), (micro, index))
+  embeddings = jax.tree.map(_merge_microbatches, emb_m)
 
-  def from_embeddings(image_emb, text_emb, p):
-    return objective(image_emb, text_emb, *scalars(p), step)
+  def from_embeddings(embeddings, p):
+    return value(embeddings, *scalars(p))
 
-  (loss, metrics), (g_image, g_text, grads) = jax.value_and_grad(
-      from_embeddings, argnums=(0, 1, 2), has_aux=True)(image_emb, text_emb, params)
+  (loss, (metrics, new_state)), (g_emb, grads) = jax.value_and_grad(
+      from_embeddings, argnums=(0, 1), has_aux=True)(embeddings, params)
 
   def backprop(acc, xs):
-    mb, k, gi, gt = xs
+    mb, k, g_mb = xs
     _, vjp = jax.vjp(lambda p: embed_micro(p, mb, k), params)
-    (g,) = vjp((gi, gt))
+    (g,) = vjp(g_mb)
     return jax.tree.map(jnp.add, acc, g), None
 
-  grads, _ = jax.lax.scan(backprop, grads, (micro, index, _split_microbatches(g_image, microbatches),
-                                            _split_microbatches(g_text, microbatches)))
-  return (loss, metrics), grads
+  g_micro = jax.tree.map(lambda g: _split_microbatches(g, microbatches), g_emb)
+  grads, _ = jax.lax.scan(backprop, grads, (micro, index, g_micro))
+  return (loss, metrics, new_state), grads
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
@@ -136,9 +172,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   # The step's randomness is a function of (seed, step) alone, so a resumed run draws what the
   # uninterrupted one would have, whatever the device count.
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
-  (loss, metrics), grads = loss_and_grads(state.params, model_batch, state.step, rng, model=model,
-                                          objective=objective, microbatches=microbatches,
-                                          embed=embed)
+  (loss, metrics, loss_state), grads = loss_and_grads(
+      state.params, model_batch, state.step, rng, state.loss_state, model=model,
+      objective=objective, microbatches=microbatches, embed=embed)
   # A non-finite loss makes the whole gradient non-finite, so that the optimizer's apply_if_finite
   # skips the step even when the gradient happened to stay finite.
   finite_loss = jnp.isfinite(loss)
@@ -151,9 +187,13 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
   params = dict(params, logit_scale=clamp_logit_scale(params["logit_scale"], LOGIT_SCALE_MAX))
   in_a_row, skipped_steps = optim.nonfinite_counts(opt_state)
+  # A skipped step (non-finite) changes nothing: the loss state stays as it was too.
+  loss_state = jax.tree.map(lambda new, old: jnp.where(in_a_row == 0, new, old), loss_state,
+                            state.loss_state)
   metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
                  param_norm=optax.global_norm(params), nonfinite_in_a_row=in_a_row,
                  skipped_nonfinite_steps=skipped_steps)
   data_skipped = state.data_skipped + jnp.sum(batch["skipped"], axis=0, dtype=jnp.int32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                    data_skipped=data_skipped), dict(metrics, data_skipped=data_skipped)
+                    data_skipped=data_skipped, loss_state=loss_state), dict(
+                        metrics, data_skipped=data_skipped)

@@ -35,6 +35,7 @@ from rankclip_jax.config_validation import validate_config
 from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.data.sources import SOURCES
 from rankclip_jax.interop import pretrained
+from rankclip_jax.losses import LOSSES
 from rankclip_jax.model_setup import ModelSetup
 from rankclip_jax.nonfinite import NonFiniteGuard
 from rankclip_jax.preemption import Preemption
@@ -50,6 +51,8 @@ class Trainer(ModelSetup):
     super().__init__(config)
     self.source_kind = SOURCES.get(config.data.train.kind)
     self.image_keys = self.source_kind.image_keys
+    self.loss = LOSSES.get(config.loss.name)
+    self.text_keys = self.loss.texts  # the caption fields of a batch: ALIP's second one too
     self.tx, self.schedule = optim.make_optimizer(config.optim, config.total_steps)
     self.objective = objective_lib.make_objective(self.mesh, total_steps=config.total_steps,
                                                   **config.loss)
@@ -64,13 +67,16 @@ class Trainer(ModelSetup):
     self._wait_each_step = self.mesh.devices.flat[0].platform == "cpu" and self.mesh.size > 1
 
   def _fresh_state(self, rng) -> step_lib.TrainState:
-    return step_lib.init_state(self.tx, self.init_params(rng))
+    return self._init_state(self.init_params(rng))
+
+  def _init_state(self, params) -> step_lib.TrainState:
+    return step_lib.init_state(self.tx, params, self.loss.init_state())
 
   def _state_of(self, setup: ModelSetup):
     """(abstract train state, its shardings) for `setup`'s parameters and this optimizer."""
     if setup is self:
       return self.abstract_state, self.state_shardings
-    state = jax.eval_shape(functools.partial(step_lib.init_state, self.tx), setup.abstract_params)
+    state = jax.eval_shape(self._init_state, setup.abstract_params)
     return state, step_lib.state_shardings(state, setup.param_shardings, self.mesh)
 
   def _jit_step(self, setup: ModelSetup, objective, microbatches: int):
@@ -91,8 +97,7 @@ class Trainer(ModelSetup):
       return state
     loaded = pretrained.load(c.model.init_from, model_config=c.model, image_size=c.image_size,
                              context_length=c.context_length, abstract_params=self.abstract_params)
-    with_params = jax.jit(functools.partial(step_lib.init_state, self.tx),
-                          out_shardings=self.state_shardings)
+    with_params = jax.jit(self._init_state, out_shardings=self.state_shardings)
     return with_params(self.place(loaded, state.params))
 
   def abstract_state_with_shardings(self):
@@ -102,7 +107,8 @@ class Trainer(ModelSetup):
     c, s = self.config, self.batch_sharding
     out = {k: jax.ShapeDtypeStruct((c.batch_size, c.image_size, c.image_size, 3), np.float32,
                                    sharding=s) for k in self.image_keys}
-    out["text"] = jax.ShapeDtypeStruct((c.batch_size, c.context_length), np.int32, sharding=s)
+    for k in self.text_keys:
+      out[k] = jax.ShapeDtypeStruct((c.batch_size, c.context_length), np.int32, sharding=s)
     out["skipped"] = jax.ShapeDtypeStruct((c.batch_size, len(SKIP_KINDS)), np.int32, sharding=s)
     return out
 
@@ -130,7 +136,8 @@ class Trainer(ModelSetup):
     c = self.config
     source = self.source_kind.build(**{k: v for k, v in c.data.train.items() if k != "kind"},
                                     image_size=c.image_size, seed=c.seed,
-                                    field="config.data.train")
+                                    field="config.data.train",
+                                    synthetic_captions="synthetic_text" in self.text_keys)
     logging.info("Training data: %r", source)
     return self.source_kind.iterator(
         source, per_process_batch_size=c.batch_size // jax.process_count(), seed=c.seed,
@@ -141,7 +148,7 @@ class Trainer(ModelSetup):
   def global_batch(self, local_batch: dict[str, np.ndarray]):
     """This process's numpy batch -> one global jax.Array per field, split over the mesh."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, local_batch[k])
-            for k in self.image_keys + ("text", "skipped")}
+            for k in self.image_keys + self.text_keys + ("skipped",)}
 
   def step(self, state: step_lib.TrainState, local_batch: dict[str, np.ndarray]):
     """One training step on this process's batch -> (state, metrics)."""

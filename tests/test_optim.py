@@ -139,7 +139,7 @@ class StandInModel:
   (so every leaf gets a non-zero gradient), the logit scale returned as it is (unclamped, so that
   the loss below can push it past the maximum)."""
 
-  def apply(self, variables, images, tokens):
+  def apply(self, variables, images, tokens, **_):  # train=, rngs=: no randomness here
     p = variables["params"]
     def tower(tree, x):
       s = sum(jnp.mean(jnp.sin(leaf)) for leaf in jax.tree.leaves(tree))
@@ -147,11 +147,11 @@ class StandInModel:
     return tower(p["image"], images), tower(p["text"], tokens), p["logit_scale"]
 
 
-def stand_in_objective(image_emb, text_emb, logit_scale, logit_bias, step):
+def stand_in_objective(embeddings, logit_scale, logit_bias, loss_state, step):
   del step
   # Decreasing in the logit scale: every update raises it.
-  loss = jnp.mean(image_emb ** 2) + jnp.mean(text_emb ** 2) - logit_scale
-  return loss + (0.0 if logit_bias is None else logit_bias ** 2), {}
+  loss = jnp.mean(embeddings["image"] ** 2) + jnp.mean(embeddings["text"] ** 2) - logit_scale
+  return loss + (0.0 if logit_bias is None else logit_bias ** 2), {}, loss_state
 
 
 def stand_in_step(config):

@@ -90,7 +90,7 @@ def test_zero_and_evaluation_are_bit_identical(params):
 def _loss_and_grads(model, objective, params, batch, rng, microbatches=1):
   f = jax.jit(functools.partial(step_lib.loss_and_grads, model=model, objective=objective,
                                 microbatches=microbatches))
-  (loss, _), grads = f(params, batch, jnp.int32(0), rng)
+  (loss, _, _), grads = f(params, batch, jnp.int32(0), rng, {})
   return float(loss), jax.tree.map(np.asarray, jax.device_get(grads))
 
 
@@ -116,9 +116,9 @@ def test_gradcache_embeds_each_microbatch_with_one_mask(params):
     micro = jax.tree.map(lambda x: step_lib._split_microbatches(x, 2), batch)
     outs = [step_lib.embed_images(model, p, jax.tree.map(lambda x: x[k], micro),
                                   jax.random.fold_in(rng, k)) for k in range(2)]
-    image = step_lib._merge_microbatches(jnp.stack([o[0] for o in outs]))
-    text = step_lib._merge_microbatches(jnp.stack([o[1] for o in outs]))
-    return objective(image, text, outs[0][2], None, jnp.int32(0))[0]
+    image = step_lib._merge_microbatches(jnp.stack([o[0]["image"] for o in outs]))
+    text = step_lib._merge_microbatches(jnp.stack([o[0]["text"] for o in outs]))
+    return objective({"image": image, "text": text}, outs[0][1], None, {}, jnp.int32(0))[0]
 
   want_loss, want = jax.jit(jax.value_and_grad(direct))(params)
   np.testing.assert_allclose(loss, float(want_loss), rtol=1e-5)

@@ -54,9 +54,9 @@ def fixed_batch(trainer, seed=123):
 
 
 def eval_loss(trainer, state, batch):
-  (loss, _), _ = jax.jit(functools.partial(
+  (loss, _, _), _ = jax.jit(functools.partial(
       step_lib.loss_and_grads, model=trainer.model, objective=trainer.objective))(
-          state.params, batch, jnp.int32(0), jax.random.key(0))
+          state.params, batch, jnp.int32(0), jax.random.key(0), state.loss_state)
   return float(loss)
 
 
@@ -109,7 +109,7 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
     batch = fixed_batch(trainer)
     f = jax.jit(functools.partial(step_lib.loss_and_grads, model=trainer.model,
                                   objective=trainer.objective))
-    (_, _), g = f(state.params, batch, state.step, jax.random.key(0))
+    (_, _, _), g = f(state.params, batch, state.step, jax.random.key(0), state.loss_state)
     g = jax.tree.map(np.asarray, jax.device_get(g))
     g = with_layer_layout(g, scanned=False) if scanned else g
     if grads is None:
@@ -176,7 +176,8 @@ def test_loss_strategies_and_gradcache_give_the_full_batch_gradient(loss_name):
     f = jax.jit(functools.partial(step_lib.loss_and_grads, model=trainer.model,
                                   objective=trainer.objective,
                                   microbatches=trainer.config.microbatches))
-    (loss, metrics), grads = f(state.params, batch, jnp.int32(3), jax.random.key(0))
+    (loss, metrics, _), grads = f(state.params, batch, jnp.int32(3), jax.random.key(0),
+                                  state.loss_state)
     results[name] = (float(loss), jax.tree.map(np.asarray, jax.device_get(grads)))
   assert ("logit_bias" in results["plain"][1]) == (loss_name == "siglip")
   ref_loss, ref_grads = results["plain"]

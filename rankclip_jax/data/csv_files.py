@@ -8,6 +8,10 @@ delimiter come from the config:
     --config.data.train.image_key=image --config.data.train.caption_key=caption \
     --config.data.train.delimiter=','
 
+A loss that reads a synthetic caption of each image (ALIP) takes it from one more column,
+--config.data.train.synthetic_caption_key=<column>; an empty cell skips the row, counted as an
+empty caption. Other losses never read that column.
+
 The rows are read at start-up; images are read when an example is read, so a missing file or an
 unreadable image costs that one example (skipped and counted), never the run. A CSV that cannot be
 opened or lacks a named column is an error naming the file, the column, and the columns it has.
@@ -113,23 +117,33 @@ class _PackedStrings:
 class CsvSource:
   """Random access to (image file, caption) rows of one or more CSV/TSV files.
 
-  `source[i]` is {"image_bytes": bytes, "caption": str, "where": "<image path>"} or a skip marker
+  `source[i]` is {"image_bytes": bytes, "caption": str, "where": "<image path>"} (and
+  "synthetic_caption": str when `synthetic_caption_key` names a column) or a skip marker
   (rankclip_jax.data.records): a missing or unreadable image file, or an empty image field.
   """
 
   def __init__(self, path: str | Sequence[str], *, image_key: str = "image",
-               caption_key: str = "caption", delimiter: str = "", field: str = "path"):
+               caption_key: str = "caption", synthetic_caption_key: str = "",
+               delimiter: str = "", field: str = "path"):
     self.files = files.expand_paths(path, suffixes=(".csv", ".tsv"), field=field)
-    images, captions = [], []
+    images, captions, synthetic = [], [], []
+    columns = {image_key: "image_key=<column>", caption_key: "caption_key=<column>"}
+    if synthetic_caption_key:
+      if synthetic_caption_key in columns:
+        raise CsvFormatError(
+            f"{field.rsplit('.', 1)[0]}.synthetic_caption_key={synthetic_caption_key!r} names the "
+            "image or caption column; name the column of the synthetic captions.")
+      columns[synthetic_caption_key] = "synthetic_caption_key=<column>"
     for f in self.files:
-      i, c = read_rows(f, image_key=image_key, caption_key=caption_key,
-                       delimiter=delimiter_of(delimiter, f), field=field)
-      images += i
+      i, c, *syn = read_columns(f, columns, delimiter=delimiter_of(delimiter, f), field=field)
+      images += [resolve(f, image) for image in i]
       captions += c
+      synthetic += syn[0] if syn else []
     if not images:
       raise CsvFormatError(f"{field}: {', '.join(self.files)} hold no rows below the header.")
     self.images = _PackedStrings(images)
     self.captions = _PackedStrings(captions)
+    self.synthetic_captions = _PackedStrings(synthetic) if synthetic_caption_key else None
 
   def __len__(self) -> int:
     return len(self.images)
@@ -145,7 +159,10 @@ class CsvSource:
       return skipped("missing_file", path)
     except OSError:
       return skipped("unreadable_image", path)
-    return {"image_bytes": data, "caption": self.captions[int(i)], "where": path}
+    out = {"image_bytes": data, "caption": self.captions[int(i)], "where": path}
+    if self.synthetic_captions is not None:
+      out["synthetic_caption"] = self.synthetic_captions[int(i)]
+    return out
 
   def __repr__(self):
     return f"CsvSource({len(self.files)} files, {len(self)} rows, first {self.files[0]})"

@@ -15,7 +15,10 @@ many of each kind it dropped, so the counts ride in the batch (`skipped`: int32 
 worker processes and hosts to the train step, which keeps their running total in the checkpoint.
 
 The pipeline knows nothing about models: it returns {"image": float32 [B, H, W, 3] normalised with
-the CLIP mean/std, "text": int32 [B, context_length], "skipped", plus any integer labels}.
+the CLIP mean/std, "text": int32 [B, context_length], "skipped", plus any integer labels}; and
+"synthetic_text" (tokenized like "text") when the source gives a synthetic caption of each image
+(asked for by the losses that read one: ALIP). An empty synthetic caption skips its example, counted
+as an empty caption.
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ class DecodeImage(grain.transforms.RandomMap):
       if not caption:
         return skipped("empty_caption", where)
       out["caption"] = caption
+    if "synthetic_caption" in record:  # sources give it only when asked (ALIP)
+      caption = (record["synthetic_caption"] or "").strip()
+      if not caption:
+        return skipped("empty_caption", f"{where} (synthetic caption)")
+      out["synthetic_caption"] = caption
     image = record["image_bytes"] if "image_bytes" in record else record["image"]
     size = self.image_size
     if isinstance(image, np.ndarray) and image.shape == (size, size, 3) and image.dtype == np.uint8:
@@ -99,6 +107,8 @@ class Preprocess(grain.transforms.Map):
     out = {"image": normalize_image(np.asarray(example["image"]))}
     if "caption" in example:
       out["text"] = self.tokenizer(example["caption"])[0]
+    if "synthetic_caption" in example:
+      out["synthetic_text"] = self.tokenizer(example["synthetic_caption"])[0]
     for key in self.label_keys:
       out[key] = np.int32(example[key])
     return out

@@ -34,6 +34,10 @@ class SourceKind:
   image_keys: tuple[str, ...] = ("image",)
   # Kinds that read files: an example of their `path`, for the error when it is empty.
   path_example: str = ""
+  # Whether it can give a synthetic caption of each image (ALIP), asked by build(...,
+  # synthetic_captions=True): the embedded scenes' captioner, or a csv column / webdataset member
+  # named by `synthetic_caption_key`.
+  synthetic_captions: bool = False
 
   @property
   def pairs(self) -> bool:
@@ -50,21 +54,28 @@ def _extensions(value) -> tuple[str, ...]:
 
 
 def _synthetic(*, num_records, split, min_objects, max_objects, image_size, seed,
-               caption_mode="random", monochrome_fraction=0.0, **_):
+               caption_mode="random", monochrome_fraction=0.0, synthetic_captions=False,
+               captioner_error=synthetic.CAPTIONER_ERROR, **_):
   return synthetic.SyntheticScenes(
       num_records=int(num_records), seed=seed, split=split, image_size=image_size,
       min_objects=int(min_objects), max_objects=int(max_objects), caption_mode=caption_mode,
-      monochrome_fraction=float(monochrome_fraction))
+      monochrome_fraction=float(monochrome_fraction), synthetic_captions=bool(synthetic_captions),
+      captioner_error=float(captioner_error))
 
 
-def _webdataset(*, path, field, image_key="", caption_key="", **_):
+def _webdataset(*, path, field, image_key="", caption_key="", synthetic_caption_key="",
+                synthetic_captions=False, **_):
   return WebDatasetSource(path, image_exts=_extensions(image_key or DEFAULT_IMAGE_EXTS),
                           caption_exts=_extensions(caption_key or DEFAULT_CAPTION_EXTS),
+                          synthetic_caption_exts=(_extensions(synthetic_caption_key)
+                                                  if synthetic_captions else ()),
                           field=f"{field}.path")
 
 
-def _csv(*, path, field, image_key="", caption_key="", delimiter="", **_):
+def _csv(*, path, field, image_key="", caption_key="", delimiter="", synthetic_caption_key="",
+         synthetic_captions=False, **_):
   return CsvSource(path, image_key=image_key or "image", caption_key=caption_key or "caption",
+                   synthetic_caption_key=synthetic_caption_key if synthetic_captions else "",
                    delimiter=delimiter, field=f"{field}.path")
 
 
@@ -83,10 +94,12 @@ def _csv_pairs(*, path, field, image_key="", caption_key="", delimiter="", **_):
                         field=f"{field}.path")
 
 
-SOURCES.add("synthetic", SourceKind(_synthetic, pipeline.train_iterator))
+SOURCES.add("synthetic", SourceKind(_synthetic, pipeline.train_iterator, synthetic_captions=True))
 SOURCES.add("webdataset", SourceKind(_webdataset, pipeline.train_iterator,
-                                     path_example="'/data/cc3m/{00000..00331}.tar'"))
-SOURCES.add("csv", SourceKind(_csv, pipeline.train_iterator, path_example="/data/cc3m/train.csv"))
+                                     path_example="'/data/cc3m/{00000..00331}.tar'",
+                                     synthetic_captions=True))
+SOURCES.add("csv", SourceKind(_csv, pipeline.train_iterator, path_example="/data/cc3m/train.csv",
+                              synthetic_captions=True))
 PAIR_KEYS = ("image_a", "image_b")
 SOURCES.add("synthetic_pairs", SourceKind(_synthetic_pairs, pairs.pair_iterator, PAIR_KEYS))
 SOURCES.add("csv_pairs", SourceKind(_csv_pairs, pairs.pair_iterator, PAIR_KEYS,

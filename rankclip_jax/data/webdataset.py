@@ -14,6 +14,11 @@ them like any other bad example: a key with an image but no caption (or the reve
 `incomplete_example`; a member cut short or a corrupt header is a `broken_member` (indexing of that
 shard stops there, with a warning naming it). A shard that cannot be opened or is not a tar file at
 all is an error naming it.
+
+A loss that reads a synthetic caption of each image (ALIP) takes it from one more member per key,
+named by its extension (config `synthetic_caption_key`, e.g. 'syn.txt' for <key>.syn.txt); a key
+without one, or with an empty one, is skipped and counted as an empty caption. Other losses never
+index or read those members.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ DEFAULT_CAPTION_EXTS = ("txt",)
 # One row per example. kind: 0 for a good example, else 1 + index into SKIP_KINDS.
 INDEX_DTYPE = np.dtype([("shard", np.int32), ("kind", np.int8), ("image_offset", np.int64),
                         ("image_size", np.int64), ("caption_offset", np.int64),
-                        ("caption_size", np.int32), ("key", "S48")])
+                        ("caption_size", np.int32), ("synthetic_offset", np.int64),
+                        ("synthetic_size", np.int32), ("key", "S48")])
 
 
 class ShardError(UserError, OSError):
@@ -149,7 +155,7 @@ def split_key(name: str) -> tuple[str, str]:
 
 
 def index_shard(shard_id: int, path: str, image_exts: Sequence[str],
-                caption_exts: Sequence[str]) -> np.ndarray:
+                caption_exts: Sequence[str], synthetic_exts: Sequence[str] = ()) -> np.ndarray:
   members, problem = scan_tar(path)
   by_key: dict[str, dict[str, tuple[int, int]]] = collections.OrderedDict()
   for name, offset, size in members:
@@ -162,15 +168,19 @@ def index_shard(shard_id: int, path: str, image_exts: Sequence[str],
   for key, exts in by_key.items():
     image = next((exts[e] for e in image_exts if e in exts), None)
     caption = next((exts[e] for e in caption_exts if e in exts), None)
+    synthetic = next((exts[e] for e in synthetic_exts if e in exts), (0, 0))
     key_bytes = key.encode("utf-8")[-48:]
     if image is None or caption is None:
-      rows.append((shard_id, incomplete, 0, 0, 0, 0, key_bytes))
+      rows.append((shard_id, incomplete, 0, 0, 0, 0, 0, 0, key_bytes))
+    elif synthetic_exts and not synthetic[1]:  # no synthetic caption, or an empty one
+      rows.append((shard_id, 1 + SKIP_INDEX["empty_caption"], 0, 0, 0, 0, 0, 0, key_bytes))
     else:
-      rows.append((shard_id, 0, image[0], image[1], caption[0], caption[1], key_bytes))
+      rows.append((shard_id, 0, image[0], image[1], caption[0], caption[1], *synthetic,
+                   key_bytes))
   if problem is not None:
     logging.warning("Tar shard %s: %s; its %d complete examples before that point are used.",
                     path, problem, len(by_key))
-    rows.append((shard_id, 1 + SKIP_INDEX["broken_member"], 0, 0, 0, 0,
+    rows.append((shard_id, 1 + SKIP_INDEX["broken_member"], 0, 0, 0, 0, 0, 0,
                  problem.encode("utf-8")[:48]))
   return np.array(rows, INDEX_DTYPE)
 
@@ -180,10 +190,12 @@ def _index_shard(args) -> np.ndarray:
 
 
 def index_shards(shards: Sequence[str], image_exts: Sequence[str], caption_exts: Sequence[str],
-                 processes: int | None = None) -> list[np.ndarray]:
+                 processes: int | None = None, synthetic_exts: Sequence[str] = ()
+                 ) -> list[np.ndarray]:
   """index_shard over many shards: in a pool of processes when there are many (header parsing is
   Python, so threads would share one core), else in this process."""
-  jobs = [(i, path, tuple(image_exts), tuple(caption_exts)) for i, path in enumerate(shards)]
+  jobs = [(i, path, tuple(image_exts), tuple(caption_exts), tuple(synthetic_exts))
+          for i, path in enumerate(shards)]
   processes = min(os.cpu_count() or 1, 32) if processes is None else processes
   if processes <= 1 or len(shards) < 8:
     return [_index_shard(job) for job in jobs]
@@ -230,27 +242,37 @@ class _FileCache:
 class WebDatasetSource:
   """Random access to the examples of webdataset tar shards.
 
-  `source[i]` is {"image_bytes": bytes, "caption": str, "where": "<shard>:<key>"} or a skip marker
+  `source[i]` is {"image_bytes": bytes, "caption": str, "where": "<shard>:<key>"} (and
+  "synthetic_caption": str when `synthetic_caption_exts` are given) or a skip marker
   (rankclip_jax.data.records). Picklable: worker processes reopen the shards themselves.
   """
 
   def __init__(self, path: str | Sequence[str], *, image_exts: Sequence[str] = DEFAULT_IMAGE_EXTS,
-               caption_exts: Sequence[str] = DEFAULT_CAPTION_EXTS, field: str = "path",
+               caption_exts: Sequence[str] = DEFAULT_CAPTION_EXTS,
+               synthetic_caption_exts: Sequence[str] = (), field: str = "path",
                index_processes: int | None = None):
     self.shards = files.expand_paths(path, suffixes=(".tar",), field=field)
     self.image_exts = tuple(e.lower().lstrip(".") for e in image_exts)
     self.caption_exts = tuple(e.lower().lstrip(".") for e in caption_exts)
-    parts = index_shards(self.shards, self.image_exts, self.caption_exts, index_processes)
+    self.synthetic_exts = tuple(e.lower().lstrip(".") for e in synthetic_caption_exts)
+    parts = index_shards(self.shards, self.image_exts, self.caption_exts, index_processes,
+                         self.synthetic_exts)
     self.index = np.concatenate(parts)
     if not len(self.index):
       raise ShardError(f"{field}: the {len(self.shards)} tar shard(s) hold no members "
                        f"(first: {self.shards[0]}).")
     if not np.any(self.index["kind"] == 0):
+      image, caption = '/'.join(self.image_exts), '/'.join(self.caption_exts)
+      if self.synthetic_exts:
+        members = (f"an image ({image}), a caption ({caption}) and a synthetic caption "
+                   f"({'/'.join(self.synthetic_exts)}) member")
+      else:
+        members = f"both an image ({image}) and a caption ({caption}) member"
       raise ShardError(
-          f"{field}: none of the {len(self.index)} keys in {len(self.shards)} tar shard(s) has both "
-          f"an image ({'/'.join(self.image_exts)}) and a caption ({'/'.join(self.caption_exts)}) "
-          f"member (first shard: {self.shards[0]}). Set the extensions with "
-          f"{field.rsplit('.', 1)[0]}.image_key / .caption_key.")
+          f"{field}: none of the {len(self.index)} keys in {len(self.shards)} tar shard(s) has "
+          f"{members} (first shard: {self.shards[0]}). Set the extensions with "
+          f"{field.rsplit('.', 1)[0]}.image_key / .caption_key"
+          f"{' / .synthetic_caption_key' if self.synthetic_exts else ''}.")
     self._files = _FileCache()
 
   def __len__(self) -> int:
@@ -265,11 +287,17 @@ class WebDatasetSource:
     try:
       image = self._files.read(shard, int(row["image_offset"]), int(row["image_size"]))
       caption = self._files.read(shard, int(row["caption_offset"]), int(row["caption_size"]))
+      synthetic = (self._files.read(shard, int(row["synthetic_offset"]),
+                                    int(row["synthetic_size"])) if self.synthetic_exts else b"")
     except OSError:
       return skipped("broken_member", where)
-    if len(image) != row["image_size"] or len(caption) != row["caption_size"]:
+    if (len(image) != row["image_size"] or len(caption) != row["caption_size"]
+        or len(synthetic) != (row["synthetic_size"] if self.synthetic_exts else 0)):
       return skipped("broken_member", where)  # the file changed since it was indexed
-    return {"image_bytes": image, "caption": caption.decode("utf-8", "replace"), "where": where}
+    out = {"image_bytes": image, "caption": caption.decode("utf-8", "replace"), "where": where}
+    if self.synthetic_exts:
+      out["synthetic_caption"] = synthetic.decode("utf-8", "replace")
+    return out
 
   def __getstate__(self):
     state = dict(self.__dict__)

@@ -8,6 +8,9 @@ config.loss.name takes, each with one calling convention and what it needs of th
 import dataclasses
 from typing import Callable
 
+from rankclip_jax.losses.alip import alip_gates
+from rankclip_jax.losses.alip import alip_initial_state
+from rankclip_jax.losses.alip import alip_loss
 from rankclip_jax.losses.baselines import cyclip_loss
 from rankclip_jax.losses.baselines import siglip_loss
 from rankclip_jax.losses.contrastive import clip_logits
@@ -22,34 +25,65 @@ from rankclip_jax.registry import Registry
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-  """A config.loss.name: fn(image_emb, text_emb, scale, bias, cross_weight, inmodal_weight, *,
-  axis_name, chunk_size) -> (loss, metrics), and what it asks of the run."""
+  """A config.loss.name, with one calling convention for every loss:
+
+    fn(embeddings, scale, bias, state, hp, *, axis_name, chunk_size) -> (loss, metrics, new state)
+
+  embeddings: {"image": [N, D], "text": [N, D], and each other field of `texts`}, L2-normalised;
+  state: the loss's own running quantities (a dict of scalars: ALIP's running means; {} for the
+  others), passed in and returned; hp: config.loss's numbers {"cross_weight", "inmodal_weight"
+  (after their schedule), "alip_momentum", "alip_temperature"}, each loss reading its own.
+  """
 
   fn: Callable
   has_bias: bool = False  # a learnable logit bias in the model (SigLIP)
   weighted: bool = True  # cross_weight / inmodal_weight weigh extra terms (else they must be 0)
   pairs: bool = False  # trains on image pairs (PC-CLIP), and only pairs train with it
+  # The caption fields of a training batch it embeds: the raw text, and ALIP's synthetic caption.
+  texts: tuple[str, ...] = ("text",)
+  # () -> the state at step 0 (a dict of float32 scalars).
+  init_state: Callable[[], dict] = dict
+
+
+def _stateless(loss_fn: Callable) -> Callable:
+  """loss_fn(image, text, scale, bias, hp, **kw) -> (loss, metrics) as a Loss.fn without state."""
+  def fn(emb, scale, bias, state, hp, **kw):
+    loss, metrics = loss_fn(emb["image"], emb["text"], scale, bias, hp, **kw)
+    return loss, metrics, state
+  return fn
+
+
+def _alip(emb, scale, bias, state, hp, **kw):
+  del bias
+  return alip_loss(emb["image"], emb["text"], emb["synthetic_text"], scale, state,
+                   momentum=hp["alip_momentum"], temperature=hp["alip_temperature"], **kw)
 
 
 LOSSES: Registry[Loss] = Registry("config.loss.name")
-LOSSES.add("rankclip", Loss(
-    lambda i, t, s, b, cw, iw, **kw: rankclip_loss(i, t, s, cross_weight=cw, inmodal_weight=iw,
-                                                   **kw)))
-LOSSES.add("cyclip", Loss(
-    lambda i, t, s, b, cw, iw, **kw: cyclip_loss(i, t, s, cross_weight=cw, inmodal_weight=iw,
-                                                 **kw)))
-LOSSES.add("siglip", Loss(lambda i, t, s, b, cw, iw, **kw: siglip_loss(i, t, s, b, **kw),
+LOSSES.add("rankclip", Loss(_stateless(
+    lambda i, t, s, b, hp, **kw: rankclip_loss(i, t, s, cross_weight=hp["cross_weight"],
+                                               inmodal_weight=hp["inmodal_weight"], **kw))))
+LOSSES.add("cyclip", Loss(_stateless(
+    lambda i, t, s, b, hp, **kw: cyclip_loss(i, t, s, cross_weight=hp["cross_weight"],
+                                             inmodal_weight=hp["inmodal_weight"], **kw))))
+LOSSES.add("siglip", Loss(_stateless(lambda i, t, s, b, hp, **kw: siglip_loss(i, t, s, b, **kw)),
                           has_bias=True, weighted=False))
 # PC-CLIP: the symmetric InfoNCE between captions and image differences.
-LOSSES.add("pcclip", Loss(
-    lambda i, t, s, b, cw, iw, **kw: rankclip_loss(i, t, s, cross_weight=0.0, inmodal_weight=0.0,
-                                                   **kw),
+LOSSES.add("pcclip", Loss(_stateless(
+    lambda i, t, s, b, hp, **kw: rankclip_loss(i, t, s, cross_weight=0.0, inmodal_weight=0.0,
+                                               **kw)),
     weighted=False, pairs=True))
+# ALIP: CLIP on the raw text and on a synthetic caption, weighted by consistency gates.
+LOSSES.add("alip", Loss(_alip, weighted=False, texts=("text", "synthetic_text"),
+                        init_state=alip_initial_state))
 
 __all__ = [
     "LOSSES",
     "Loss",
     "SCHEDULES",
+    "alip_gates",
+    "alip_initial_state",
+    "alip_loss",
     "clip_logits",
     "clip_loss",
     "cyclip_loss",

@@ -30,8 +30,9 @@ AxisName = Union[Hashable, Sequence[Hashable], None]
 
 # row_fn(rows, columns) -> dict of scalars, each the SUM over the block's rows of some per-row term.
 #   rows:    dict with "image" [R, D], "text" [R, D], "index" [R] int32 (global row = column index
-#            of the row's own pair)
-#   columns: dict with "image" [N, D], "text" [N, D] (the whole global batch)
+#            of the row's own pair), and sum_rows' `extra` arrays, [R, ...] each
+#   columns: dict with "image" [N, D], "text" [N, D] (the whole global batch), and the `extra`
+#            arrays named in `gathered`, [N, D] each
 RowFn = Callable[[dict, dict], dict]
 
 
@@ -48,11 +49,16 @@ def gather_columns(image_emb, text_emb, axis_name: AxisName):
 
 
 def sum_rows(row_fn: RowFn, image_emb: jax.Array, text_emb: jax.Array, *,
-             axis_name: AxisName = None, chunk_size: int | None = None) -> tuple[dict, int]:
+             axis_name: AxisName = None, chunk_size: int | None = None,
+             extra: dict | None = None, gathered: tuple[str, ...] = ()) -> tuple[dict, int]:
   """Runs `row_fn` over all rows of the global batch; returns (dict of global sums, global N).
 
   image_emb, text_emb: [n, D] local rows (the whole batch when axis_name is None).
   chunk_size: rows per block (must divide n); None or 0 processes all local rows at once.
+  extra: more local per-row arrays {name: [n, ...]} (a second caption's embeddings, per-row
+    weights), given to row_fn in `rows` under their names, in the same blocks as the embeddings;
+    those named in `gathered` ([n, D] embeddings) are also all-gathered, with gradient, into
+    `columns`.
   """
   if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
     raise ValueError(
@@ -61,6 +67,13 @@ def sum_rows(row_fn: RowFn, image_emb: jax.Array, text_emb: jax.Array, *,
   all_image, all_text, index = gather_columns(image_emb, text_emb, axis_name)
   columns = {"image": all_image, "text": all_text}
   rows = {"image": image_emb, "text": text_emb, "index": index}
+  for name, x in (extra or {}).items():
+    if x.shape[0] != n:
+      raise ValueError(f"extra[{name!r}] has {x.shape[0]} rows; the embeddings have {n}.")
+    rows[name] = x
+    if name in gathered:
+      columns[name] = x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0,
+                                                                     tiled=True)
 
   if not chunk_size or chunk_size >= n:
     sums = row_fn(rows, columns)

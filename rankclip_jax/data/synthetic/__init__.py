@@ -25,11 +25,14 @@ One module per job, each depending only on those before it:
   scenes      Scene / SceneObject / Background, sample_scene, position_phrase
   render      the signed-distance shapes, render_background, render_scene (and the noise)
   captions    the caption templates, make_caption, random / monochrome / full captions
+  captioner   a stand-in captioning model with a share of wrong attributes (ALIP's second caption)
   prompts     the zero-shot tasks: ZERO_SHOT_TASKS, PROMPTS, class names, zero_shot_task
   source      SyntheticScenes, the grain random-access source (uses all of the above)
 This package re-exports their public names: `synthetic.sample_scene`, `synthetic.SHAPES`, ...
 """
 
+from rankclip_jax.data.synthetic.captioner import CAPTIONER_ERROR
+from rankclip_jax.data.synthetic.captioner import captioner_caption
 from rankclip_jax.data.synthetic.captions import CAPTION_MODES
 from rankclip_jax.data.synthetic.captions import CAPTION_TEMPLATE_NAMES
 from rankclip_jax.data.synthetic.captions import CAPTION_TEMPLATES
@@ -80,6 +83,7 @@ __all__ = [
     "CAPTION_MODES",
     "CAPTION_TEMPLATES",
     "CAPTION_TEMPLATE_NAMES",
+    "CAPTIONER_ERROR",
     "COLOURS",
     "COLOUR_NAMES",
     "COLOUR_RGB",
@@ -99,6 +103,7 @@ __all__ = [
     "ZERO_SHOT_TASKS",
     "ZeroShotTask",
     "colour_names",
+    "captioner_caption",
     "combo_index",
     "combo_names",
     "count_phrases",

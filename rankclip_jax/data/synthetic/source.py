@@ -1,6 +1,8 @@
 """The grain random-access source of the synthetic scenes. Example `i` of split `s` with seed `k`
 draws, from the generator `np.random.default_rng([k, split_id, i])`, first its scene and then its
-caption; the scene is rendered at the source's image size.
+caption; the scene is rendered at the source's image size. Its synthetic caption (ALIP's, when asked
+for) comes from a generator of its own, `np.random.default_rng([k, split_id, i, CAPTIONER_STREAM])`,
+so that asking for it leaves every other field bit-identical.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ import dataclasses
 
 import numpy as np
 
+from rankclip_jax.data.synthetic.captioner import CAPTIONER_ERROR, captioner_caption
 from rankclip_jax.data.synthetic.captions import (CAPTION_MODES, full_caption, monochrome_caption,
                                                   random_caption)
 from rankclip_jax.data.synthetic.render import render_scene
 from rankclip_jax.data.synthetic.scenes import Scene, sample_scene
 from rankclip_jax.data.synthetic.vocabulary import SPLITS, _check_object_range
+
+CAPTIONER_STREAM = 0xA11B  # tags the captioner's generator apart from the example's own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +34,9 @@ class SyntheticScenes:
   first and can match most captions by colour alone; like the colour-distortion augmentation of
   SimCLR, grey examples take that shortcut away and make the towers learn shape. Use it for
   training; evaluation sets keep 0.
+
+  synthetic_captions: also give "synthetic_caption", the description of a stand-in captioning model
+  (captioner.py) with a share `captioner_error` of its attributes wrong: ALIP's second caption.
   """
 
   num_records: int
@@ -39,6 +47,8 @@ class SyntheticScenes:
   max_objects: int = 3
   caption_mode: str = "random"
   monochrome_fraction: float = 0.0
+  synthetic_captions: bool = False
+  captioner_error: float = CAPTIONER_ERROR
 
   def __post_init__(self):
     for name in ("num_records", "seed", "image_size", "min_objects", "max_objects"):
@@ -60,6 +70,9 @@ class SyntheticScenes:
     if not 0.0 <= float(self.monochrome_fraction) <= 1.0:
       raise ValueError(f"monochrome_fraction={self.monochrome_fraction}; it must be in [0, 1].")
     object.__setattr__(self, "monochrome_fraction", float(self.monochrome_fraction))
+    if not 0.0 <= float(self.captioner_error) <= 1.0:
+      raise ValueError(f"captioner_error={self.captioner_error}; it must be in [0, 1].")
+    object.__setattr__(self, "captioner_error", float(self.captioner_error))
 
   def __len__(self) -> int:
     return self.num_records
@@ -91,6 +104,12 @@ class SyntheticScenes:
     else:
       caption = full_caption(scene)
     main = scene.main
+    extra = {}
+    if self.synthetic_captions:
+      captioner = np.random.default_rng(
+          [self.seed, SPLITS.index(self.split), int(index), CAPTIONER_STREAM])
+      extra["synthetic_caption"] = captioner_caption(
+          scene, captioner, error=self.captioner_error, monochrome=bool(mono), split=self.split)
     return {
         "image": render_scene(scene, self.image_size, monochrome=mono),
         "monochrome": np.bool_(mono),
@@ -100,4 +119,5 @@ class SyntheticScenes:
         "combo": np.int32(main.combo),
         "count": np.int32(scene.count),
         "index": np.int32(int(index)),
+        **extra,
     }
