@@ -38,8 +38,9 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 # test_sweep ~90, test_pcclip ~80, then ~60 each), so that with pytest-xdist no long module starts last and runs
 # alone at the end; the rest (under 30 s each) keep their order.
 _LONGEST_FIRST = ("test_train", "test_multihost", "test_open_clip", "test_benchmarks",
-                  "test_evaluate", "test_sweep", "test_pcclip", "test_models", "test_data_sources",
-                  "test_loss_strategies", "test_inference")
+                  "test_accelerator_check", "test_evaluate", "test_sweep", "test_alip",
+                  "test_pcclip", "test_models", "test_data_sources", "test_loss_strategies",
+                  "test_patch_dropout", "test_inference")
 
 
 def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
