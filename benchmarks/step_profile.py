@@ -5,6 +5,12 @@ direction (forward, backward).
   python -m benchmarks.step_profile                                    # the demo config
   python -m benchmarks.step_profile --config=configs/rankclip_synthetic.py \
       --set model.patch_dropout=0.5 --set batch_size=128 --steps 8
+  python -m benchmarks.step_profile --compare model.patch_dropout=0.25 model.patch_dropout=0.5
+
+--compare times the config's step against the step with each given override (several separated
+by commas), interleaved in one process (rounds of a few steps each, in turn), and prints each
+one's median step time and its ratio to the config's: other load on the machine then falls on all
+of them alike.
 
 Input is a fixed random batch already on the devices, so the figures are the step's alone. Each
 op of the trace (an XLA thunk: a fusion, a matmul, a copy) is attributed through the `op_name`
@@ -96,7 +102,8 @@ def categorise(op_name: str) -> tuple[str, str, str]:
   return tower, part, direction
 
 
-def profile(config, steps: int):
+def compiled_step(config):
+  """(the compiled train step, a state, a batch), warmed up."""
   trainer = train.Trainer(config)
   state = trainer.init()
   batch = random_batch(trainer)
@@ -104,6 +111,33 @@ def profile(config, steps: int):
   for _ in range(3):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
+  return step, state, batch
+
+
+def compare(config_path: str, base: list[str], variants: list[str], rounds: int, steps: int):
+  """Median step time of the config and of each variant (comma-separated overrides on top),
+  timed in turn, round after round."""
+  names = ["(the config)"] + variants
+  runs = [list(compiled_step(load_config(config_path, base + (v.split(",") if v else []))))
+          for v in [""] + variants]
+  times = [[] for _ in runs]
+  for _ in range(rounds):
+    for run, t in zip(runs, times):
+      step, state, batch = run
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+      t.append((time.perf_counter() - t0) / steps * 1e3)
+      run[1] = state
+  base_ms = float(np.median(times[0]))
+  print("| variant | median ms/step | min ms/step | step time / the config's |\n|---|---|---|---|")
+  for name, t in zip(names, times):
+    print(f"| {name} | {np.median(t):.1f} | {min(t):.1f} | {np.median(t) / base_ms:.3f} |")
+
+
+def profile(config, steps: int):
+  step, state, batch = compiled_step(config)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = step(state, batch)
@@ -134,8 +168,16 @@ def main():
                       help="a config override, e.g. model.patch_dropout=0.5 (repeatable)")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--top", type=int, default=12, help="how many single ops to list")
+  parser.add_argument("--compare", nargs="+", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                      help="time the config against these variants instead of profiling it")
+  parser.add_argument("--rounds", type=int, default=10, help="--compare: rounds of --steps steps")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
+  if args.compare:
+    print(f"{args.config} {' '.join(args.set)}: {jax.devices()[0].device_kind}, jax "
+          f"{jax.__version__}, {os.cpu_count()} cores, {args.rounds} rounds of {args.steps} steps")
+    compare(args.config, args.set, args.compare, args.rounds, args.steps)
+    return
   config = load_config(args.config, args.set)
   wall_ms, per_op, names, cost = profile(config, args.steps)
   total = sum(per_op.values())

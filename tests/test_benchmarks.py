@@ -69,3 +69,23 @@ def test_train_bench_runs_rankclip_and_clip_steps():
   assert float(rows[1][9]) > 0  # the RankCLIP / CLIP step-time ratio
   assert "scanned layers True" in proc.stdout and float(rows[0][10]) > 0  # compile time
   assert "remat dots_with_no_batch_dims_saveable" in proc.stdout and float(rows[0][11]) > 0
+
+
+def test_step_profile_attributes_ops_to_tower_part_and_pass():
+  """benchmarks/step_profile.py: an XLA op is attributed through its instruction's op_name."""
+  from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  hlo = ('  %fusion.7 = f32[64,37,512]{2,1,0} fusion(%p), kind=kLoop, metadata={op_name='
+         '"jit(train_step)/jvp(TwoTowers)/TwoTowers.encode_image/image/encoder/block_1/mlp/erf"}\n'
+         '  ROOT %dot.3 = f32[8,8]{1,0} dot(%a, %b), metadata={op_name="jit(train_step)/'
+         'transpose(jvp(TwoTowers))/TwoTowers.encode_text/text/encoder/block_0/attn/query/'
+         'dot_general"}\n')
+  names = step_profile.op_names(hlo)
+  assert step_profile.categorise(names["fusion.7"]) == ("image", "MLP", "forward")
+  assert step_profile.categorise(names["dot.3"]) == ("text", "attention", "backward")
+  assert step_profile.categorise("jit(train_step)/cond/branch_1_fun/add")[0] == "optimizer"
+  assert step_profile.categorise(
+      "jit(train_step)/jvp()/jit(plackett_luce_nll_rows)/sort")[0] == "loss"
+  config = step_profile.load_config("configs/rankclip_synthetic.py",
+                                    ["model.patch_dropout=0.5", "model.remat=true",
+                                     "model.size=micro"])
+  assert (config.model.patch_dropout, config.model.remat, config.model.size) == (0.5, True, "micro")
