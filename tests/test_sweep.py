@@ -426,3 +426,25 @@ def test_the_slurm_script_runs_one_run_per_array_task(tmp_path):
   assert argv == ["-m", "rankclip_jax.main", f"--config={CONFIG}", "--config.total_steps=9",
                   f"--workdir={folder}", "--config.seed=2"]
   assert (folder / "log.1.txt").read_text() == (folder / "log.txt").read_text()
+
+
+def test_the_study_files_build_every_run():
+  """The two studies' sweep files: every run named and its config validated (ALIP's included),
+  and the paper comparison's seed count from its argument (`paper_comparison.py:1`: seed 0 only,
+  under the same names as in the full study)."""
+  config = os.path.join(REPO, "configs/rankclip_synthetic.py")
+  full = build.build_plan(workdir="unused", config=config, command_line=[],
+                          sweep_file=os.path.join(REPO, "configs/sweeps/paper_comparison.py"),
+                          num_devices=1)
+  methods = ["clip", "rankclip", "rankclip_c", "rankclip_i", "cyclip", "siglip", "alip"]
+  assert [r.name for r in full.runs] == [f"{m},seed={s}" for m in methods for s in range(5)]
+  assert full.baseline == "clip"
+  one = build.build_plan(workdir="unused", config=config, command_line=[],
+                         sweep_file=os.path.join(REPO, "configs/sweeps/paper_comparison.py:1"),
+                         num_devices=1)
+  assert [r.name for r in one.runs] == [f"{m},seed=0" for m in methods]
+  assert one.runs[-1].overrides["loss.name"] == "alip"
+  weights = build.build_plan(workdir="unused", config=config, command_line=[],
+                             sweep_file=os.path.join(REPO, "configs/sweeps/ranking_weights.py"),
+                             num_devices=1)
+  assert len(weights.runs) == 21 and len({r.group for r in weights.runs}) == 7

@@ -24,8 +24,12 @@ from rankclip_jax.sweeps.plan import Plan, PlannedRun, absolute_config, override
 
 
 def load_sweep(path: str) -> grid.Sweep:
-  """The Sweep that the file's get_sweep() returns."""
+  """The Sweep that the file's get_sweep() returns; `file.py:arg` passes the string arg to it
+  (get_sweep(arg)), as ml_collections passes a config's argument: e.g. a study's number of seeds,
+  `configs/sweeps/paper_comparison.py:1`."""
   given = f"--sweep={path}"
+  path, has_arg, arg = path.partition(".py:")
+  path += ".py" if has_arg else ""
   if not os.path.isfile(path):
     folder = os.path.dirname(path) or "."
     there = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) \
@@ -42,7 +46,7 @@ def load_sweep(path: str) -> grid.Sweep:
       raise SweepError(f"{given}: the file defines no get_sweep(); a sweep file returns "
                        "rankclip_jax.sweeps.Sweep(runs=...) from get_sweep() (see "
                        "configs/sweeps/paper_comparison.py).")
-    sweep = module.get_sweep()
+    sweep = module.get_sweep(arg) if has_arg else module.get_sweep()
   except SweepError as e:
     if str(e).startswith(given):
       raise
