@@ -62,9 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False
   # FLIP-style patch dropout (Li et al. 2023): the share of each training image's patch tokens
-  # dropped at random before the image tower (class token kept; a new draw per image and step from
-  # (seed, step), so resumption is exact). The image tower's cost falls about in proportion. Never
-  # at evaluation, in rankclip_jax.load or in export.
+  # dropped at random before the image tower (class token kept; a new draw per image and step, from
+  # (seed, step) and the image's row in the global batch: a resumed run draws what the uninterrupted
+  # one would have on the same number of processes; another process count orders a batch's rows
+  # differently, so the draws go to other images). The image tower's cost falls by less than the
+  # share (the conv stem sees the whole image). Never at evaluation, in rankclip_jax.load or export.
   c.model.patch_dropout = 0.0
   c.model.init_scale = 1 / 0.07  # initial exp(logit_scale), clamped to 100 (CLIP); SigLIP: 10
   c.model.init_bias = -10.0  # initial logit bias, for losses that have one (SigLIP)

@@ -169,8 +169,10 @@ def loss_and_grads(params, batch, step, rng, loss_state, *, model, objective,
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
                freeze_regex: str = "", embed: Callable = embed_images, seed: int = 0):
   model_batch = {k: v for k, v in batch.items() if k != "skipped"}
-  # The step's randomness is a function of (seed, step) alone, so a resumed run draws what the
-  # uninterrupted one would have, whatever the device count.
+  # The step's randomness is a function of (seed, step) and of each row's place in the global batch
+  # (jax.random's draws do not depend on the sharding), so a resumed run draws what the
+  # uninterrupted one would have. Across process counts the rows of a batch come in another order
+  # (each process contributes its own share), so there the draws land on other examples.
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   (loss, metrics, loss_state), grads = loss_and_grads(
       state.params, model_batch, state.step, rng, state.loss_state, model=model,

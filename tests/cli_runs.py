@@ -22,15 +22,12 @@ REFERENCE_DEVICES = 2
 
 
 def train_cmd(workdir, total_steps=REFERENCE_STEPS, extra=()):
-  """main.py on the micro model with patch dropout, logging every step; `extra` flags are appended
-  (later wins)."""
+  """main.py on the micro model, logging every step; `extra` flags are appended (later wins)."""
   return [sys.executable, os.path.join(REPO, "main.py"),
           f"--config={os.path.join(REPO, 'configs/rankclip_synthetic.py')}", f"--workdir={workdir}",
           "--config.model.size=micro", "--config.image_size=32", "--config.context_length=16",
           "--config.batch_size=16", f"--config.total_steps={total_steps}",
           "--config.optim.warmup_steps=1", "--config.log_every_steps=1",
-          # Patch dropout draws from (seed, step): every resumed run must draw what this one did.
-          "--config.model.patch_dropout=0.25",
           # No TensorFlow import (~4 s a process); the uninterrupted reference run writes with
           # CLU's writer instead (conftest.py), so every comparison also compares the two writers.
           "--config.metric_writer=tensorboard"] + [

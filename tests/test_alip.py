@@ -289,9 +289,11 @@ def test_gradcache_gives_the_full_batch_loss_gradient_and_means():
 def test_running_means_are_checkpointed_replicated_and_resumed_exactly(tmp_path):
   """Training on the embedded scenes, saved at step 2 in a real Orbax checkpoint (with the input
   position), restored into the trainer's state and trained on to step 4: the same running means,
-  bit for bit, and the same parameters as 4 uninterrupted steps. A skipped step keeps them."""
+  bit for bit, and the same parameters as 4 uninterrupted steps (patch dropout on, so that its
+  draws are shown to resume exactly as well). A skipped step keeps them."""
   from rankclip_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
-  trainer = train.Trainer(alip_config())  # the CSV test's step: compiled once
+  # With patch dropout: its draws, a function of (seed, step, row), must resume exactly too.
+  trainer = train.Trainer(alip_config(**{"model.patch_dropout": 0.25}))
   ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every_steps=2, keep=2,
                                   async_save=False)
   try:
@@ -408,7 +410,8 @@ def test_training_from_a_csv_with_synthetic_captions_skips_and_counts_empty_ones
   source = CsvSource(path, synthetic_caption_key="")
   assert "synthetic_caption" not in source[5]
   config = alip_config(**{"data.train.kind": "csv", "data.train.path": path,
-                          "data.train.synthetic_caption_key": "ofa_caption"})
+                          "data.train.synthetic_caption_key": "ofa_caption",
+                          "model.patch_dropout": 0.25})  # the resume test's step, compiled once
   trainer = train.Trainer(config)
   state, it = trainer.init(), trainer.train_iterator()
   for _ in range(3):

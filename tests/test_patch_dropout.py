@@ -2,7 +2,7 @@
 training, that nothing changes at 0 or at evaluation, and that the step's draws are consistent
 across GradCache's two passes. Elsewhere: data parallel, FSDP and scanned layers draw the same
 patches (tests/test_train.py's FSDP test runs with patch dropout), and a resumed run draws what the
-uninterrupted one did (every resume test: the recipe of tests/cli_runs.py has patch dropout)."""
+uninterrupted one did (tests/test_alip.py's resume test runs with patch dropout)."""
 
 import functools
 
