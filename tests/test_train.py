@@ -332,7 +332,10 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
                                   schedule=trainer.schedule, objective=make_objective(
                                       trainer.mesh, total_steps=plain.total_steps, **plain.loss)))
   f1 = flops.step_flops(one, jax.device_get(trainer.init()), jax.device_get(batch))
-  assert f1 > 1e6 and trainer.step_flops() == f1
+  # Equal up to a few scalar ops: the step's key derivation (fold_in) is counted a little
+  # differently with and without the trainer's in/out shardings (measured: 32 of 2.2e8 FLOPs).
+  assert f1 > 1e6 and trainer.step_flops() == pytest.approx(f1, rel=1e-6)
+  f1 = trainer.step_flops()  # what the trainer logs with, and what every variant below must give
   # What was logged is those FLOPs at the logged speed, over 8 devices of the given 1 TFLOP/s peak.
   from tests.cli_runs import logged
   steps_per_sec, tflops, mfu = (logged(tmp_path, tag) for tag in (
