@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from rankclip_jax import compat
 from rankclip_jax import train
 from rankclip_jax.data.records import SKIP_KINDS
 
@@ -156,9 +157,7 @@ def profile(config, steps: int):
   for e in events:
     if e.get("ph") == "X" and e.get("dur") and not e["name"].startswith(_NOT_OPS):
       per_op[e["name"]] += e["dur"] / steps / 1e3
-  cost = step.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return wall_ms, per_op, names, cost or {}
+  return wall_ms, per_op, names, compat.cost_analysis(step) or {}
 
 
 def main():
