@@ -8,7 +8,11 @@ behind each choice are in docs/benchmarks.md):
   pooling: both learn shape from few examples much faster than a linear patchify and a class token;
 - lr 1e-3 with a short warmup and gradient clipping: the run is only 1,100 steps long;
 - 70% of training scenes in grey levels with colourless captions: colour is readable from a single
-  pixel and otherwise wins the contrastive game on its own, leaving shape unlearnt.
+  pixel and otherwise wins the contrastive game on its own, leaving shape unlearnt;
+- context 24 tokens instead of 32: the scenes' captions average 9 tokens and 99.5% fit whole (the
+  longest, three-object captions lose their last word); the text tower costs a quarter less;
+- the input pipeline in one thread: rendering and tokenizing scenes is Python holding the GIL, and
+  more threads only fight over it (a batch took 134 ms in 4 threads, 71 ms in one).
 """
 
 from configs import common
@@ -26,4 +30,6 @@ def get_config():
   c.optim.warmup_steps = 50
   c.optim.grad_clip_norm = 1.0
   c.data.train.monochrome_fraction = 0.7
+  c.context_length = 24
+  c.data.num_threads = 1
   return c

@@ -377,3 +377,27 @@ def test_main_reports_a_bad_data_path_in_one_line_before_any_work(tmp_path):
   assert f"Error: config.data.train.path='{tmp_path}/{{00000..00003}}.tar'" in proc.stderr
   assert "00000.tar does not exist" in proc.stderr and "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_clean_text_fast_path_equals_ftfy_and_html_unescape():
+  """Printable ASCII without "&" skips ftfy and HTML unescaping: the same text as the full cleaning
+  on random strings of printable ASCII (and the slow path still runs where either could matter)."""
+  import html
+  import string
+  import ftfy
+  from rankclip_jax.data.tokenizer import clean_text
+
+  def full(text):
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower()
+
+  rng = np.random.default_rng(0)
+  alphabet = np.array(list(string.printable.replace("&", "")))
+  texts = ["".join(rng.choice(alphabet, rng.integers(0, 60))) for _ in range(3000)]
+  texts += ["a photo of a RED circle ", "  two   stars\tand a heart", "'quoted' \"words\" <b>"]
+  for text in texts:
+    assert clean_text(text) == full(text), repr(text)
+  # Where the full path matters, it still runs: entities, curly quotes, mojibake, line breaks.
+  assert clean_text("fish &amp;amp; chips") == "fish & chips"
+  assert clean_text("\u201cquoted\u201d") == '"quoted"'
+  assert clean_text("caf\u00c3\u00a9") == "caf\u00e9"

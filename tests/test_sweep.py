@@ -21,7 +21,7 @@ from scipy import stats as scipy_stats
 from rankclip_jax import cli
 from rankclip_jax import sweeps
 from rankclip_jax.sweeps import SweepError, chain, fixed, product, values, variants
-from rankclip_jax.sweeps import build, devices, emit, grid, rundir, stats
+from rankclip_jax.sweeps import build, devices, emit, grid, report, rundir, stats
 from rankclip_jax.sweeps.plan import Plan, PlannedRun
 from tests import cli_runs
 
@@ -270,6 +270,9 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
                                rtol=1e-6, err_msg=tag)
   rep = json.loads((workdir / "report.json").read_text())
   assert rep["finished"] == 3 and rep["missing"] == []
+  # A sweep this small ends with its runs' results next to each other.
+  assert ("Results (held-out evaluation), one column per run:\n| metric | done | warm_start | "
+          "reference,seed=0 | chance |") in out, out
 
 
 # Seed noise, against scipy.
@@ -368,6 +371,20 @@ def test_the_report_on_runs_with_known_results(tmp_path):
   md = (tmp_path / "sweep" / "report.md").read_text()
   assert "### zs_shape/top1 (chance 0.1250)" in md and "`rank,seed=2`: interrupted" in md
   assert f"| clip | 3 | {np.mean(shape['clip']):.4f} |" in md
+
+
+def test_a_small_sweep_prints_its_runs_results_side_by_side(tmp_path):
+  """One column per finished run, the chance level beside each accuracy, "-" where a run lacks a
+  metric; the unfinished run has no column."""
+  plan, shape, i2t = _fabricated_sweep(tmp_path / "sweep")
+  table = report.side_by_side(plan).splitlines()
+  assert table[0] == ("| metric | clip,seed=0 | clip,seed=1 | clip,seed=2 | rank,seed=0 | "
+                      "rank,seed=1 | chance |")
+  rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table[2:]}
+  assert rows["zs_shape/top1"] == [f"{v:.4f}" for v in shape["clip"] + shape["rank"]] + ["0.1250 |"]
+  assert rows["zs_shape/top3"][-1] == "0.3750 |"  # top-3 of 8 classes
+  assert rows["retrieval/i2t_r1"] == [f"{v:.4f}" for v in i2t["clip"] + i2t["rank"]] + ["- |"]
+  assert set(rows) == {"zs_shape/top1", "zs_shape/top3", "retrieval/i2t_r1"}
 
 
 # Devices and other schedulers.

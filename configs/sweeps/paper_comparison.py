@@ -49,6 +49,16 @@ HEADLINE = ("zs_shape/top1", "zs_colour/top1", "zs_count/top1", "zs_heldout_comb
             "retrieval/i2t_r1", "retrieval/t2i_r1", "diagnostics/cross_spearman")
 
 
+FIRST = ("clip", "rankclip")  # the headline pair
+
+
+def _order(run) -> tuple:
+  """CLIP and RankCLIP at every seed first, then the other methods seed by seed: a study stopped
+  part-way (it resumes across sittings) has the headline pair complete and whole seeds of the rest."""
+  method, seed = run[0].label, run[1].value
+  return (method not in FIRST, seed, list(METHODS).index(method))
+
+
 def get_sweep(seeds: str = str(len(SEEDS))):
-  return Sweep(runs=product(variants(METHODS), values("seed", range(int(seeds)))),
-               baseline="clip", headline=HEADLINE)
+  runs = product(variants(METHODS), values("seed", range(int(seeds))))
+  return Sweep(runs=sorted(runs, key=_order), baseline="clip", headline=HEADLINE)

@@ -25,8 +25,14 @@ PAD_ID = 0
 
 
 def clean_text(text: str) -> str:
-  """open_clip's text cleaning before BPE (tokenizer._clean_lower): the same ids as open_clip."""
-  text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+  """open_clip's text cleaning before BPE (tokenizer._clean_lower): the same ids as open_clip.
+
+  Printable ASCII without "&" (most captions, every synthetic one) is left as it is by ftfy and by
+  HTML unescaping, so it skips both: ftfy alone cost 0.1 ms a caption, a third of the synthetic
+  pipeline's time per example (tests compare the two paths on random strings).
+  """
+  if not (text.isascii() and text.isprintable() and "&" not in text):
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
   return " ".join(text.split()).lower()
 
 

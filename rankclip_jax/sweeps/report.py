@@ -199,6 +199,23 @@ def markdown(rep: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def side_by_side(plan: Plan) -> str:
+  """The finished runs' results next to each other, one column per run (the metrics' chance levels
+  beside them): what a sweep of a few runs prints at its end, e.g. CLIP against RankCLIP."""
+  results = {r.name: read_results(plan.run_dir(r)) for r in plan.runs if plan.finished(r)}
+  if not results:
+    return ""
+  metrics = sorted(set().union(*(metric_keys(v) for v in results.values())))
+  lines = ["| metric | " + " | ".join(results) + " | chance |",
+           "|---|" + "---|" * (len(results) + 1)]
+  for m in metrics:
+    chance = next((c for c in (chance_level(m, v) for v in results.values()) if c is not None),
+                  None)
+    cells = [_num(float(v[m])) if m in v else "-" for v in results.values()]
+    lines.append(f"| {m} | " + " | ".join(cells) + f" | {_num(chance)} |")
+  return "\n".join(lines)
+
+
 def write_report(workdir: str) -> dict[str, Any]:
   """Builds the report and writes report.json, report.md and the pictures; returns the report."""
   rep = build(workdir)

@@ -32,6 +32,7 @@ from rankclip_jax.sweeps.rundir import (LOG, checkpoint_steps, keep_previous_log
 
 LOCK = ".sweep.lock"
 COMMAND = "command.txt"
+SIDE_BY_SIDE_RUNS = 4  # a sweep of at most this many runs prints their results next to each other
 
 
 def _format_duration(seconds: float) -> str:
@@ -185,6 +186,9 @@ class Runner:
       time.sleep(self.poll)
     report.write_report(self.plan.workdir)
     done = sum(self.plan.finished(r) for r in self.plan.runs)
+    if done and self.n <= SIDE_BY_SIDE_RUNS:
+      self.say("Results (held-out evaluation), one column per run:\n"
+               + report.side_by_side(self.plan))
     self.say(f"Sweep: {done} of {self.n} runs finished; report in "
              f"{os.path.join(self.plan.workdir, report.REPORT_MD)}")
     if self.stop_signal is not None:
