@@ -24,7 +24,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PICTURES = "report_pictures"
 LOSS_TAG = "train/loss"
-_NOT_METRICS = re.compile(r"^(step|preempted)$|/(chance|num_examples|skipped)$")
+_NOT_METRICS = re.compile(r"^(step|preempted)$|/(chance|num_\w+|skipped)$")  # counts, not metrics
 _TOPK = re.compile(r"^(.*)/top(\d+)$")
 
 
@@ -200,12 +200,15 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def side_by_side(plan: Plan) -> str:
-  """The finished runs' results next to each other, one column per run (the metrics' chance levels
-  beside them): what a sweep of a few runs prints at its end, e.g. CLIP against RankCLIP."""
+  """The finished runs' results next to each other, one column per run, the sweep's headline metrics
+  first and the chance levels beside them: what a sweep of a few runs prints at its end, e.g. CLIP
+  against RankCLIP."""
   results = {r.name: read_results(plan.run_dir(r)) for r in plan.runs if plan.finished(r)}
   if not results:
     return ""
   metrics = sorted(set().union(*(metric_keys(v) for v in results.values())))
+  headline = headline_keys({m: 0.0 for m in metrics}, plan.headline)
+  metrics = headline + [m for m in metrics if m not in headline]
   lines = ["| metric | " + " | ".join(results) + " | chance |",
            "|---|" + "---|" * (len(results) + 1)]
   for m in metrics:
