@@ -456,13 +456,21 @@ def test_the_study_files_build_every_run():
                           sweep_file=os.path.join(REPO, "configs/sweeps/paper_comparison.py"),
                           num_devices=1)
   methods = ["clip", "rankclip", "rankclip_c", "rankclip_i", "cyclip", "siglip", "alip"]
-  assert [r.name for r in full.runs] == [f"{m},seed={s}" for m in methods for s in range(5)]
+  # CLIP and RankCLIP at every seed first, then the other methods seed by seed.
+  assert [r.name for r in full.runs] == (
+      [f"{m},seed={s}" for s in range(5) for m in methods[:2]]
+      + [f"{m},seed={s}" for s in range(5) for m in methods[2:]])
   assert full.baseline == "clip"
   one = build.build_plan(workdir="unused", config=config, command_line=[],
                          sweep_file=os.path.join(REPO, "configs/sweeps/paper_comparison.py:1"),
                          num_devices=1)
   assert [r.name for r in one.runs] == [f"{m},seed=0" for m in methods]
   assert one.runs[-1].overrides["loss.name"] == "alip"
+  pair = build.build_plan(workdir="unused", config=config, command_line=[],
+                          sweep_file=os.path.join(REPO, "configs/sweeps/clip_vs_rankclip.py:3"),
+                          num_devices=1)
+  assert [r.name for r in pair.runs] == ["clip,seed=3", "rankclip,seed=3"]
+  assert pair.runs[1].overrides == full.runs[1].overrides | {"seed": 3}
   weights = build.build_plan(workdir="unused", config=config, command_line=[],
                              sweep_file=os.path.join(REPO, "configs/sweeps/ranking_weights.py"),
                              num_devices=1)
