@@ -31,13 +31,9 @@ def images_per_second(image_size: int, num: int, max_objects: int, caption_mode:
 def pipeline_per_batch(config_path: str, threads: int, batches: int) -> tuple[float, float]:
   """(wall ms, CPU ms) per batch of the config's training pipeline with `threads` reader threads."""
   # pylint: disable=g-import-not-at-top
-  import importlib.util
+  from benchmarks.step_profile import load_config
   from rankclip_jax import train
-  spec = importlib.util.spec_from_file_location("bench_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.data.num_threads = threads
+  config = load_config(config_path, [f"data.num_threads={threads}"])
   batches_of = train.Trainer(config).train_iterator()
   next(batches_of)  # warm-up: the reader threads started, the first batch rendered
   wall, cpu = time.perf_counter(), time.process_time()

@@ -378,7 +378,7 @@ def test_a_small_sweep_prints_its_runs_results_side_by_side(tmp_path):
   """One column per finished run, the chance level beside each accuracy ("-" where there is none);
   the unfinished run has no column."""
   plan, shape, i2t = _fabricated_sweep(tmp_path / "sweep")
-  table = report.side_by_side(plan).splitlines()
+  table = report.side_by_side(report.build(plan.workdir)).splitlines()
   assert table[0] == ("| metric | clip,seed=0 | clip,seed=1 | clip,seed=2 | rank,seed=0 | "
                       "rank,seed=1 | chance |")
   rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table[2:]}

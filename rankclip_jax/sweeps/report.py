@@ -150,6 +150,11 @@ def _ci(s: dict) -> str:
   return "-" if s.get("ci") is None else f"[{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"
 
 
+def _ordered_metrics(rep: dict[str, Any]) -> list[str]:
+  """The report's headline metrics, then the others."""
+  return rep["headline"] + [m for m in rep["metrics"] if m not in rep["headline"]]
+
+
 def markdown(rep: dict[str, Any]) -> str:
   pct = f"{rep['confidence']:.0%}"
   lines = [f"# Sweep report: {os.path.basename(rep['sweep_file']) or rep['workdir']}", "",
@@ -163,7 +168,7 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += ["## Missing runs", ""]
     status = {r["name"]: r["status"] for r in rep["runs"]}
     lines += [f"- `{name}`: {status[name]}" for name in rep["missing"]] + [""]
-  ordered = rep["headline"] + [m for m in rep["metrics"] if m not in rep["headline"]]
+  ordered = _ordered_metrics(rep)
   for i, m in enumerate(ordered):
     if i == 0:
       lines += ["## Headline metrics", ""]
@@ -199,23 +204,18 @@ def markdown(rep: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def side_by_side(plan: Plan) -> str:
-  """The finished runs' results next to each other, one column per run, the sweep's headline metrics
-  first and the chance levels beside them: what a sweep of a few runs prints at its end, e.g. CLIP
+def side_by_side(rep: dict[str, Any]) -> str:
+  """A report's finished runs next to each other, one column per run, its headline metrics first
+  and the chance levels beside them: what a sweep of a few runs prints at its end, e.g. CLIP
   against RankCLIP."""
-  results = {r.name: read_results(plan.run_dir(r)) for r in plan.runs if plan.finished(r)}
-  if not results:
+  runs = [r for r in rep["runs"] if r["status"] == "finished"]
+  if not runs:
     return ""
-  metrics = sorted(set().union(*(metric_keys(v) for v in results.values())))
-  headline = headline_keys({m: 0.0 for m in metrics}, plan.headline)
-  metrics = headline + [m for m in metrics if m not in headline]
-  lines = ["| metric | " + " | ".join(results) + " | chance |",
-           "|---|" + "---|" * (len(results) + 1)]
-  for m in metrics:
-    chance = next((c for c in (chance_level(m, v) for v in results.values()) if c is not None),
-                  None)
-    cells = [_num(float(v[m])) if m in v else "-" for v in results.values()]
-    lines.append(f"| {m} | " + " | ".join(cells) + f" | {_num(chance)} |")
+  lines = ["| metric | " + " | ".join(r["name"] for r in runs) + " | chance |",
+           "|---|" + "---|" * (len(runs) + 1)]
+  for m in _ordered_metrics(rep):
+    values = [rep["groups"][r["group"]]["metrics"][m]["values"].get(r["seed"]) for r in runs]
+    lines.append(f"| {m} | " + " | ".join(map(_num, values)) + f" | {_num(rep['chance'].get(m))} |")
   return "\n".join(lines)
 
 

@@ -184,11 +184,10 @@ class Runner:
       if self.stop_signal is not None and not self.running:
         break
       time.sleep(self.poll)
-    report.write_report(self.plan.workdir)
-    done = sum(self.plan.finished(r) for r in self.plan.runs)
+    rep = report.write_report(self.plan.workdir)
+    done = rep["finished"]
     if done and self.n <= SIDE_BY_SIDE_RUNS:
-      self.say("Results (held-out evaluation), one column per run:\n"
-               + report.side_by_side(self.plan))
+      self.say("Results (held-out evaluation), one column per run:\n" + report.side_by_side(rep))
     self.say(f"Sweep: {done} of {self.n} runs finished; report in "
              f"{os.path.join(self.plan.workdir, report.REPORT_MD)}")
     if self.stop_signal is not None:
