@@ -1,7 +1,7 @@
-"""benchmarks/accelerator_check.py in its tiny CPU mode: once where TensorFlow cannot be imported
-(as on a GPU or TPU machine with only JAX installed: every part runs and the demo's metrics are
-TensorBoard event files written without TensorFlow, read back by tensorboard's reader), and once
-in the normal environment (CLU's writer), sharing the session's compilation cache (conftest.py)."""
+"""benchmarks/accelerator_check.py in its tiny CPU mode where TensorFlow cannot be imported (as on a
+GPU or TPU machine with only JAX installed): every part runs and the demo's metrics are TensorBoard
+event files written without TensorFlow, read back by tensorboard's reader. (With TensorFlow
+importable the check trains through CLU's writer, the writer of every other training test.)"""
 
 import json
 import os
@@ -35,7 +35,7 @@ def no_tensorflow(tmp_path_factory):
   return str(folder)
 
 
-def test_tiny_check_without_tensorflow_then_with_it(tmp_path, no_tensorflow):
+def test_tiny_check_without_tensorflow(tmp_path, no_tensorflow):
   pythonpath = os.pathsep.join([no_tensorflow, REPO, os.environ.get("PYTHONPATH", "")])
   report, md, _ = _run(tmp_path / "no_tf", env_extra={"PYTHONPATH": pythonpath})
   assert report["environment"]["metric_writer"] == "tensorboard"
@@ -79,12 +79,6 @@ def test_tiny_check_without_tensorflow_then_with_it(tmp_path, no_tensorflow):
     assert heading in md
   assert "largest N that fits, RankCLIP chunked: 128" in md
   assert len(re.findall(r"Status: \*\*ok\*\*", md)) == 4
-
-  # The normal environment: CLU's writer (TensorFlow importable), the same first part.
-  report, _, _ = _run(tmp_path / "tf", "--parts", "1")
-  assert report["environment"]["metric_writer"] == "clu"
-  assert report["parts"]["demo_training"]["status"] == "ok"
-  assert set(cli_runs.logged(report["parts"]["demo_training"]["workdir"])) == set(range(1, 31))
 
 
 def test_the_wheel_command_pins_what_requirements_pin():

@@ -10,6 +10,9 @@ import pytest
 from rankclip_jax.evaluation.linear_probe import (DEFAULT_L2_GRID, fit_logistic_regression,
                                                   linear_probe, stratified_split)
 
+# The solver runs many small iterations: running costs more than compiling (conftest.py).
+pytestmark = pytest.mark.usefixtures("optimized_xla")
+
 
 def blobs(n, d, c, scale, seed):
   """Gaussian classes: centres N(0, scale^2) per dimension, unit noise, labels 0..c-1 in turn."""

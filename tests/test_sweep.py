@@ -356,6 +356,11 @@ def test_the_report_on_runs_with_known_results(tmp_path):
     assert got["std"] == pytest.approx(np.std(xs, ddof=1))
     assert got["ci"] == [pytest.approx(lo), pytest.approx(hi)]
     assert got["chance"] == 0.125
+    # Evaluation noise: each run's binomial standard error on its 512 scenes, root mean square.
+    assert got["eval_se"] == pytest.approx(
+        np.sqrt(np.mean([p * (1 - p) / 512 for p in xs])), rel=1e-12)
+    recall = rep["groups"][group]["metrics"]["retrieval/i2t_r1"]["eval_se"]
+    assert recall == pytest.approx(np.sqrt(np.mean([p * (1 - p) / 512 for p in i2t[group]])))
   for metric, values_ in (("zs_shape/top1", shape), ("retrieval/i2t_r1", i2t)):
     d = rep["differences"]["rank"][metric]
     want = scipy_stats.ttest_rel(values_["rank"], values_["clip"][:2]).confidence_interval(0.95)
@@ -371,7 +376,8 @@ def test_the_report_on_runs_with_known_results(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
   md = (tmp_path / "sweep" / "report.md").read_text()
   assert "### zs_shape/top1 (chance 0.1250)" in md and "`rank,seed=2`: interrupted" in md
-  assert f"| clip | 3 | {np.mean(shape['clip']):.4f} |" in md
+  assert f"| clip | 3 | {np.mean(shape['clip']):.4f} | {np.std(shape['clip'], ddof=1):.4f} |" in md
+  assert "| group | n | mean | std | eval SE | 95% CI |" in md
 
 
 def test_a_small_sweep_prints_its_runs_results_side_by_side(tmp_path):
