@@ -4,6 +4,10 @@ from the plan (sweep.json) and what the run folders hold:
 - per group (the runs that differ only in their seed) and metric of results.json: n, mean, std and
   the 95% Student t interval over seeds; an accuracy `<eval>/top<k>` beside its chance level (k
   times the `<eval>/chance` that the zero-shot evaluators write, at most 1);
+- beside the seeds' std, the evaluation noise of an accuracy or a recall: the binomial standard
+  error sqrt(p (1 - p) / N) of one run's value on its N evaluation examples (root mean square over
+  the group's runs), so that a reader sees whether the evaluation sets are large enough (its error
+  well below the spread over seeds);
 - per group against the sweep's baseline group: the difference paired by seed, with its interval;
 - the mean training loss curve per group (TensorBoard's train/loss of each finished run);
 - the runs still missing, each with what its folder says (never started, interrupted at a
@@ -13,6 +17,7 @@ from the plan (sweep.json) and what the run folders hold:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -26,6 +31,8 @@ PICTURES = "report_pictures"
 LOSS_TAG = "train/loss"
 _NOT_METRICS = re.compile(r"^(step|preempted)$|/(chance|num_\w+|skipped)$")  # counts, not metrics
 _TOPK = re.compile(r"^(.*)/top(\d+)$")
+_RECALL = re.compile(r"^(.*)/(i2t|t2i)_r\d+$")
+_RECALL_COUNT = {"i2t": "num_images", "t2i": "num_texts"}  # what a recall is a share of
 
 
 def read_results(run_dir: str) -> dict[str, Any]:
@@ -51,6 +58,26 @@ def chance_level(metric: str, results: dict[str, Any]) -> Optional[float]:
   if m and f"{m.group(1)}/chance" in results:
     return min(1.0, int(m.group(2)) * float(results[f"{m.group(1)}/chance"]))
   return None
+
+
+def evaluation_examples(metric: str, results: dict[str, Any]) -> Optional[int]:
+  """N, the number of evaluation examples an accuracy or recall is a share of (None: unknown)."""
+  m = _TOPK.match(metric)
+  key = f"{m.group(1)}/num_examples" if m else None
+  r = _RECALL.match(metric)
+  if r:
+    key = f"{r.group(1)}/{_RECALL_COUNT[r.group(2)]}"
+  n = results.get(key) if key else None
+  return int(n) if isinstance(n, (int, float)) and n > 0 else None
+
+
+def evaluation_se(metric: str, results: dict[str, Any]) -> Optional[float]:
+  """One run's binomial standard error of an accuracy or recall: sqrt(p (1 - p) / N)."""
+  n = evaluation_examples(metric, results)
+  p = results.get(metric)
+  if n is None or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    return None
+  return math.sqrt(p * (1 - p) / n)
 
 
 def logged_scalars(run_dir: str, tag: str = LOSS_TAG) -> dict[int, float]:
@@ -90,6 +117,10 @@ def _mean_curve(curves: list[dict[int, float]]) -> dict[str, list]:
           "runs": len(curves)}
 
 
+def _rms(xs: Optional[list[float]]) -> Optional[float]:
+  return math.sqrt(math.fsum(x * x for x in xs) / len(xs)) if xs else None
+
+
 def build(workdir: str) -> dict[str, Any]:
   """The report's numbers (report.json's content, without the pictures)."""
   plan = Plan.load(workdir)
@@ -103,19 +134,23 @@ def build(workdir: str) -> dict[str, Any]:
         chance.setdefault(m, level)
   groups: dict[str, dict[str, Any]] = {}
   for r in plan.runs:
-    g = groups.setdefault(r.group, {"runs": [], "seeds": [], "values": {}})
+    g = groups.setdefault(r.group, {"runs": [], "seeds": [], "values": {}, "eval_se": {}})
     g["runs"].append(r.name)
     if r.name in results:
       g["seeds"].append(r.seed)
       for m in metric_keys(results[r.name]):
         g["values"].setdefault(m, {})[r.seed] = float(results[r.name][m])
+        se = evaluation_se(m, results[r.name])
+        if se is not None:
+          g["eval_se"].setdefault(m, []).append(se)
   out_groups, differences, curves = {}, {}, {}
   base = groups.get(plan.baseline)
   for name, g in groups.items():
     out_groups[name] = {
         "runs": g["runs"], "seeds": g["seeds"],
         "metrics": {m: dict(stats.t_interval(list(g["values"].get(m, {}).values())).as_dict(),
-                            chance=chance.get(m), values=g["values"].get(m, {}))
+                            chance=chance.get(m), eval_se=_rms(g["eval_se"].get(m)),
+                            values=g["values"].get(m, {}))
                     for m in metrics}}
     if base is not None and name != plan.baseline:
       differences[name] = {}
@@ -161,7 +196,9 @@ def markdown(rep: dict[str, Any]) -> str:
            f"{rep['finished']} of {rep['total']} runs finished. Config `{rep['config']}`"
            + (f" with `{' '.join(rep['common_flags'])}`" if rep["common_flags"] else "") + ".",
            f"Groups are the runs that differ only in their seed; intervals are {pct} Student t "
-           "intervals of the mean over seeds" + (
+           "intervals of the mean over seeds; `eval SE` is the evaluation noise of one run's "
+           "value (binomial standard error on its evaluation examples, root mean square over "
+           "the group), to set beside the seeds' `std`" + (
                f"; differences are against `{rep['baseline']}`, paired by seed." if
                rep["baseline"] else "."), ""]
   if rep["missing"]:
@@ -179,15 +216,16 @@ def markdown(rep: dict[str, Any]) -> str:
     picture = rep.get("pictures", {}).get(m)
     if picture:
       lines += [f"![{m}]({picture})", ""]
-    head = "| group | n | mean | std | " + pct + " CI |"
-    rule = "|---|---|---|---|---|"
+    head = "| group | n | mean | std | eval SE | " + pct + " CI |"
+    rule = "|---|---|---|---|---|---|"
     if rep["baseline"]:
       head += f" - {rep['baseline']} (paired) | {pct} CI | pairs |"
       rule += "---|---|---|"
     lines += [head, rule]
     for g, info in rep["groups"].items():
       s = info["metrics"][m]
-      row = f"| {g} | {s['n']} | {_num(s['mean'])} | {_num(s['std'])} | {_ci(s)} |"
+      row = (f"| {g} | {s['n']} | {_num(s['mean'])} | {_num(s['std'])} | "
+             f"{_num(s.get('eval_se'))} | {_ci(s)} |")
       if rep["baseline"]:
         d = rep["differences"].get(g, {}).get(m)
         row += (" (baseline) | | |" if d is None else
