@@ -7,6 +7,10 @@ Running the same sweep again
   that failed is retried; the log of each earlier attempt is kept as log.1.txt, log.2.txt, ...
 One line per event says where the sweep is: run k of n, its result or its error, the ETA.
 
+The runs share a persistent XLA compilation cache, <workdir>/.xla_cache (unless
+JAX_COMPILATION_CACHE_DIR is set): runs that differ only in their seed compile
+the same computations, so every run after the first of its group skips most of its compile time.
+
 While the sweep holds <workdir>/.sweep.lock (its runs inherit it, so it is held until the last of
 them has stopped) no second sweep starts on the same folder. SIGTERM or Ctrl-C stops the sweep:
 its runs get SIGTERM, save a checkpoint and stop; a sweep killed outright (SIGKILL) takes its runs
@@ -32,6 +36,7 @@ from rankclip_jax.sweeps.rundir import (LOG, checkpoint_steps, keep_previous_log
 
 LOCK = ".sweep.lock"
 COMMAND = "command.txt"
+XLA_CACHE = ".xla_cache"
 SIDE_BY_SIDE_RUNS = 4  # a sweep of at most this many runs prints their results next to each other
 
 
@@ -97,10 +102,13 @@ class Runner:
     with open(os.path.join(run_dir, COMMAND), "w", encoding="utf-8") as f:
       f.write(shlex.join(argv) + "\n")
     slot = self.slots[slot_index]
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(self.plan.workdir, XLA_CACHE))
+    env.update(slot.env)
     log = open(os.path.join(run_dir, LOG), "w", encoding="utf-8")  # pylint: disable=R1732
     try:
       proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, **slot.env), start_new_session=True,
+                              env=env, start_new_session=True,
                               pass_fds=(lock_fd,), preexec_fn=_die_with_parent)
     finally:
       log.close()
