@@ -1,7 +1,7 @@
 """The methods of docs/method.md on identical code, five seeds each, compared with CLIP:
 
-  python -m rankclip_jax.sweep --config=configs/rankclip_synthetic.py \
-      --sweep=configs/sweeps/paper_comparison.py --workdir=runs/comparison
+  python -m rankclip_jax.sweep --config=configs/bench_synthetic.py \
+      --sweep=configs/sweeps/paper_comparison.py --workdir=runs/bench_comparison
 
 `--sweep=configs/sweeps/paper_comparison.py:N` runs seeds 0..N-1 only (default 5); the run names do
 not depend on N, so a later run with more seeds in the same workdir skips the finished ones.

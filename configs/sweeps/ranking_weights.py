@@ -2,7 +2,7 @@
 ramp schedule, and the constant schedule at their default 1/16, three seeds each, each compared
 with the default (w = 1/16, ramp):
 
-  python -m rankclip_jax.sweep --config=configs/rankclip_synthetic.py \
+  python -m rankclip_jax.sweep --config=configs/bench_synthetic.py \
       --sweep=configs/sweeps/ranking_weights.py --workdir=runs/ranking_weights
 
 Runs: <workdir>/w=<w>,seed=<seed> and w=0.0625,weight_schedule=constant,seed=<seed>. To move the
