@@ -62,12 +62,13 @@ def chance_level(metric: str, results: dict[str, Any]) -> Optional[float]:
 
 def evaluation_examples(metric: str, results: dict[str, Any]) -> Optional[int]:
   """N, the number of evaluation examples an accuracy or recall is a share of (None: unknown)."""
-  m = _TOPK.match(metric)
-  key = f"{m.group(1)}/num_examples" if m else None
-  r = _RECALL.match(metric)
-  if r:
-    key = f"{r.group(1)}/{_RECALL_COUNT[r.group(2)]}"
-  n = results.get(key) if key else None
+  topk, recall = _TOPK.match(metric), _RECALL.match(metric)
+  if topk:
+    n = results.get(f"{topk.group(1)}/num_examples")
+  elif recall:
+    n = results.get(f"{recall.group(1)}/{_RECALL_COUNT[recall.group(2)]}")
+  else:
+    return None
   return int(n) if isinstance(n, (int, float)) and n > 0 else None
 
 
