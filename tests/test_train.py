@@ -98,11 +98,11 @@ def test_fsdp_and_data_parallel_give_the_same_gradients_and_training():
   for name, over in {"dp": {"mesh.data": -1, "mesh.fsdp": 1}, "fsdp": fsdp,
                      "fsdp_scanned": dict(fsdp, **{"model.scan_layers": True})}.items():
     trainer = train.Trainer(micro_config(**over, **{"model.patch_dropout": 0.5}))
-    state = trainer.init()
     scanned = name == "fsdp_scanned"
     if first is None:
+      state = trainer.init()
       first = _params_np(state)
-    else:
+    else:  # the first layout's parameters, laid out and sharded for this one
       start = jax.jit(functools.partial(step_lib.init_state, trainer.tx),
                       out_shardings=trainer.state_shardings)
       state = start(with_layer_layout(first, scanned=scanned))
@@ -322,7 +322,7 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
   """With a peak given (CPUs have none in the table), TFLOP/s and MFU are logged from the step's
   FLOPs; the FLOPs are the model's, independent of the device count; a profile is written."""
   from rankclip_jax import flops
-  c = micro_config(total_steps=4, peak_tflops=1.0, profile_steps=(2, 4))
+  c = micro_config(total_steps=4, peak_tflops=1.0, profile_steps=(2, 4), evals={})
   train.train_and_evaluate(c, str(tmp_path))
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
@@ -331,12 +331,14 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
   assert {"perf/tflops_per_sec", "perf/mfu", "perf/examples_per_sec_per_device"} <= tags
   assert glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
   trainer = train.Trainer(c)
-  batch = fixed_batch(trainer)
   plain = micro_config(**{"loss.strategy": "plain"})
   one = jax.jit(functools.partial(step_lib.train_step, model=trainer.model, tx=trainer.tx,
                                   schedule=trainer.schedule, objective=make_objective(
                                       trainer.mesh, total_steps=plain.total_steps, **plain.loss)))
-  f1 = flops.step_flops(one, jax.device_get(trainer.init()), jax.device_get(batch))
+  # Lowered (not compiled or run) on the state's and batch's shapes, without their shardings.
+  unsharded = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  f1 = flops.step_flops(one, unsharded(trainer.abstract_state_with_shardings()),
+                        unsharded(trainer.abstract_batch()))
   # Equal up to a few scalar ops: the step's key derivation (fold_in) is counted a little
   # differently with and without the trainer's in/out shardings (measured: 32 of 2.2e8 FLOPs).
   assert f1 > 1e6 and trainer.step_flops() == pytest.approx(f1, rel=1e-6)
