@@ -378,6 +378,9 @@ def test_the_report_on_runs_with_known_results(tmp_path):
   assert "### zs_shape/top1 (chance 0.1250)" in md and "`rank,seed=2`: interrupted" in md
   assert f"| clip | 3 | {np.mean(shape['clip']):.4f} | {np.std(shape['clip'], ddof=1):.4f} |" in md
   assert "| group | n | mean | std | eval SE | 95% CI |" in md
+  # The config as the sweep stored it (absolute), shown relative to the folder the report ran in.
+  assert os.path.isabs(rep["config"])
+  assert f"Config `{os.path.relpath(CONFIG, REPO)}`." in md
 
 
 def test_a_small_sweep_prints_its_runs_results_side_by_side(tmp_path):

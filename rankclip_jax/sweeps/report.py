@@ -191,10 +191,17 @@ def _ordered_metrics(rep: dict[str, Any]) -> list[str]:
   return rep["headline"] + [m for m in rep["metrics"] if m not in rep["headline"]]
 
 
+def _shown(path: str) -> str:
+  """`path` relative to the current folder when it lies inside it (a report run from the
+  repository names `configs/...`, committable as it is), else as given."""
+  rel = os.path.relpath(path) if os.path.isabs(path) else path
+  return path if rel.startswith(os.pardir) else rel
+
+
 def markdown(rep: dict[str, Any]) -> str:
   pct = f"{rep['confidence']:.0%}"
   lines = [f"# Sweep report: {os.path.basename(rep['sweep_file']) or rep['workdir']}", "",
-           f"{rep['finished']} of {rep['total']} runs finished. Config `{rep['config']}`"
+           f"{rep['finished']} of {rep['total']} runs finished. Config `{_shown(rep['config'])}`"
            + (f" with `{' '.join(rep['common_flags'])}`" if rep["common_flags"] else "") + ".",
            f"Groups are the runs that differ only in their seed; intervals are {pct} Student t "
            "intervals of the mean over seeds; `eval SE` is the evaluation noise of one run's "
