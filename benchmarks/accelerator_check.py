@@ -180,8 +180,8 @@ def demo_config(s: Settings):
   if s.tiny_model:  # the unit tests' micro model
     c.model.size, c.image_size, c.context_length, c.batch_size = "micro", 32, 16, 16
     c.eval_batch_size = 16
-    for ev in c.evals.values():
-      ev.num_examples = 16
+    # One evaluation set (what the tests read): each further evaluator is only more compiling.
+    c.evals = {"zs_shape": dict(c.evals.zs_shape, num_examples=16)}
   return c
 
 
