@@ -98,6 +98,18 @@ def test_sharded_over_two_mesh_axes_equals_plain():
               plain)
 
 
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_psum_backward_of_the_gather_equals_plain(name, monkeypatch):
+  """Between CPU processes the gathered columns' gradient is a psum and a slice instead of a
+  reduce-scatter (rowwise._gloo_slow_reduce_scatter); forced on here, in one process, it gives the
+  plain strategy's value and gradients like the default backward."""
+  img, txt = unit_rows(8), unit_rows(9)
+  plain = run(name, img, txt, 30.0, -3.0, strategy="plain")
+  monkeypatch.setattr(losses.rowwise, "_gloo_slow_reduce_scatter", lambda: True)
+  m42 = mesh((4, 2), ("data", "fsdp"))
+  assert_same(run(name, img, txt, 30.0, -3.0, strategy="sharded", mesh_=m42, chunk_size=2), plain)
+
+
 def test_strategies_break_ties_identically():
   # Exact ties: the value depends on the tie rule (test_losses), so equal values here mean every
   # strategy saw the same order, not merely close ones.

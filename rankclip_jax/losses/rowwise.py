@@ -21,6 +21,7 @@ strategies see bit-identical key rows: ranking ties are then broken identically 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Hashable, Sequence, Union
 
 import jax
@@ -36,14 +37,57 @@ AxisName = Union[Hashable, Sequence[Hashable], None]
 RowFn = Callable[[dict, dict], dict]
 
 
+def _gloo_slow_reduce_scatter() -> bool:
+  """Whether this run's collectives go over Gloo between CPU processes.
+
+  There, once a reduce-scatter has run, every later large all-reduce of the process is slow: measured
+  on jax 0.10 with 2 processes x 2 CPU devices, a 6 MB all-reduce (a tiny model's gradient) took
+  ~20 ms before the first reduce-scatter and ~6 s after it. The gradient of all_gather is a
+  reduce-scatter, so `gather_rows` gives it another backward there.
+  """
+  return jax.process_count() > 1 and jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gather_rows_psum_backward(x, axis_name):
+  return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
+def _gather_rows_fwd(x, axis_name):
+  return _gather_rows_psum_backward(x, axis_name), None
+
+
+def _gather_rows_bwd(axis_name, _, cotangent):
+  # The transpose of a tiled all_gather, as a psum and this device's slice of it (the same sums as
+  # reduce-scatter's, moving the whole [N, D] cotangent instead of its shards).
+  n = cotangent.shape[0] // jax.lax.psum(1, axis_name)
+  total = jax.lax.psum(cotangent, axis_name)
+  start = jax.lax.axis_index(axis_name) * n
+  return (jax.lax.dynamic_slice_in_dim(total, start, n, axis=0),)
+
+
+_gather_rows_psum_backward.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+def gather_rows(x, axis_name: AxisName):
+  """all_gather(x, axis_name, axis=0, tiled=True): [n, ...] local rows -> [N, ...], with gradient.
+
+  Its gradient is a reduce-scatter, except between CPU processes (Gloo; see
+  `_gloo_slow_reduce_scatter`), where it is a psum and a slice.
+  """
+  if _gloo_slow_reduce_scatter():
+    return _gather_rows_psum_backward(x, axis_name)
+  return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+
+
 def gather_columns(image_emb, text_emb, axis_name: AxisName):
   """(all images [N, D], all texts [N, D], global index of the local rows [n])."""
   n = image_emb.shape[0]
   local = jnp.arange(n, dtype=jnp.int32)
   if axis_name is None:
     return image_emb, text_emb, local
-  all_image = jax.lax.all_gather(image_emb, axis_name, axis=0, tiled=True)
-  all_text = jax.lax.all_gather(text_emb, axis_name, axis=0, tiled=True)
+  all_image = gather_rows(image_emb, axis_name)
+  all_text = gather_rows(text_emb, axis_name)
   offset = jax.lax.axis_index(axis_name).astype(jnp.int32) * n
   return all_image, all_text, local + offset
 
@@ -72,8 +116,7 @@ def sum_rows(row_fn: RowFn, image_emb: jax.Array, text_emb: jax.Array, *,
       raise ValueError(f"extra[{name!r}] has {x.shape[0]} rows; the embeddings have {n}.")
     rows[name] = x
     if name in gathered:
-      columns[name] = x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=0,
-                                                                     tiled=True)
+      columns[name] = x if axis_name is None else gather_rows(x, axis_name)
 
   if not chunk_size or chunk_size >= n:
     sums = row_fn(rows, columns)
