@@ -15,7 +15,8 @@ When to initialise:
 - detected: JAX's cluster detection finds a multi-host TPU VM slice (Cloud TPU metadata) or a SLURM
   job with more than one task ($SLURM_NTASKS > 1) and fills everything in;
 - otherwise: a single process, nothing to do.
-On CPU (tests, laptops) the processes exchange data over gloo.
+On CPU (tests, laptops) the processes exchange data over gloo (slow at all-reduces once a
+reduce-scatter has run, so the sharded loss avoids reduce-scatters there: losses/rowwise.py).
 """
 
 from __future__ import annotations
