@@ -56,7 +56,9 @@ class Trainer(ModelSetup):
     self.tx, self.schedule = optim.make_optimizer(config.optim, config.total_steps)
     self.objective = objective_lib.make_objective(self.mesh, total_steps=config.total_steps,
                                                   **config.loss)
-    self.abstract_state = jax.eval_shape(self._fresh_state, jax.random.key(config.seed))
+    # From the parameters' shapes (ModelSetup traced the model once for them): tracing
+    # _fresh_state would trace the whole model's initialisation again.
+    self.abstract_state = jax.eval_shape(self._init_state, self.abstract_params)
     self.state_shardings = step_lib.state_shardings(self.abstract_state, self.param_shardings,
                                                     self.mesh)
     self._init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
