@@ -25,7 +25,7 @@ from rankclip_jax import model_setup
 from rankclip_jax.data import images as image_ops
 from rankclip_jax.data import pipeline
 from rankclip_jax.data.tokenizer import ClipTokenizer
-from rankclip_jax.evaluation import metrics
+from rankclip_jax.evaluation import embed, metrics
 
 
 @dataclasses.dataclass
@@ -86,8 +86,11 @@ class LoadedModel:
     return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-    out = [np.asarray(fn(self.params, x[i:i + self.batch_size]))
-           for i in range(0, x.shape[0], self.batch_size)]
+    """fn on x in chunks of batch_size, each padded to embed.padded_size rows (calls with 5, 6 or
+    7 inputs share one compiled program)."""
+    chunks = [x[i:i + self.batch_size] for i in range(0, x.shape[0], self.batch_size)]
+    out = [np.asarray(fn(self.params, embed.pad_rows(c, embed.padded_size(len(c)))))[:len(c)]
+           for c in chunks]
     return np.concatenate(out) if out else np.zeros((0, self.model.sizes.embed_dim), np.float32)
 
 

@@ -11,6 +11,7 @@ from rankclip_jax import train
 from rankclip_jax.data import synthetic
 from rankclip_jax.evaluation.embed import Embedder
 from tests.test_train import micro_config
+from tests.tracing import counting_traces
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,37 @@ def test_load_restores_a_sharded_run_on_one_device(fsdp_run):
     rankclip_jax.load(workdir, step=2)
   with pytest.raises(FileNotFoundError, match="not a run"):
     rankclip_jax.load(workdir + "/nothing_here")
+
+
+def test_batches_of_different_sizes_share_a_compiled_encoder(fsdp_run):
+  """Batches are padded to a power of two (then a multiple of the device count), so that inputs in
+  many counts need few compilations: 5, 6, 7 and 8 captions are one compilation of the text tower
+  in a notebook, 9 a second; in the training-time evaluation on 8 devices 12 and 16 token rows are
+  one, 18 a second. Each row's embedding is the same whatever batch it came in."""
+  workdir, trainer, state = fsdp_run
+  m = rankclip_jax.load(workdir)
+  captions = [f"{n} red circles." for n in range(9)]
+  with counting_traces() as traced:
+    small = [m.encode_texts(captions[:k]) for k in (5, 6, 7)]
+    eight = m.encode_texts(captions[:8])
+    assert len(traced) == 1
+    nine = m.encode_texts(captions)
+    assert len(traced) == 2
+  for e in small + [nine[:8]]:
+    np.testing.assert_allclose(e, eight[:len(e)], atol=1e-6)
+
+  embedder = Embedder(trainer.model, trainer.mesh)
+  tokens = np.asarray(m.tokenizer(captions * 2))
+  with counting_traces() as traced:
+    twelve = embedder.texts(state.params, tokens[:12])
+    sixteen = embedder.texts(state.params, tokens[:16])
+    assert len(traced) == 1
+    eighteen = embedder.texts(state.params, tokens)
+    assert len(traced) == 2
+  assert twelve.shape == (12, eight.shape[1]) and eighteen.shape == (18, eight.shape[1])
+  np.testing.assert_allclose(twelve, sixteen[:12], atol=1e-6)
+  np.testing.assert_allclose(eighteen[:16], sixteen, atol=1e-6)
+  np.testing.assert_allclose(sixteen[:8], eight, atol=1e-5)  # 8 devices, FSDP: another program
 
 
 def test_helpers_match_the_evaluation_path_on_plain_inputs(fsdp_run):

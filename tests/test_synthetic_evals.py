@@ -49,8 +49,8 @@ class TableEmbedder(Embedder):
     self._image = lambda x: [nan if not im.any() else self._images[image_key(im)] for im in x]
     self._text = lambda x: [self._texts[row.tobytes()] for row in x]
 
-  def _run(self, fn, params, x):
-    del params
+  def _run(self, fn, params, x, round_up=False):
+    del params, round_up
     return np.stack(fn(np.asarray(x))).astype(np.float32)
 
 
