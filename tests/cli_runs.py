@@ -10,6 +10,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
@@ -57,11 +59,29 @@ def start_processes(cmd, n, devices_each, stdouts=None):
 
 
 def run_processes(cmd, n, devices_each, timeout=400):
-  """Runs `cmd` as n JAX processes joined through a localhost coordinator; returns their output."""
-  procs = start_processes(cmd, n, devices_each)
-  outs = [p.communicate(timeout=timeout)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-4000:]
+  """Runs `cmd` as n JAX processes joined through a localhost coordinator; returns their output.
+
+  Each process writes into a file of its own, not a pipe: one whose output filled a pipe that was
+  not being read yet would block, and the others with it at their next collective (seen when JAX
+  logged every compilation). On timeout every process is killed and the failure shows their output.
+  """
+  files = [tempfile.TemporaryFile("w+") for _ in range(n)]
+  procs = start_processes(cmd, n, devices_each, stdouts=files)
+  deadline = time.monotonic() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+      p.wait()
+  outs = []
+  for f in files:
+    f.seek(0)
+    outs.append(f.read())
+    f.close()
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} of {n} (exit status {p.returncode}):\n{out[-4000:]}"
   return outs
 
 
