@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging as std_logging
 import os
 import re
 import sys
@@ -130,9 +131,17 @@ def _save_replicated_arrays_whole_on_cpu():
     from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
   except ImportError:  # another Orbax than requirements.txt's: leave its default alone
     return
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
-                                                use_replica_parallel=False), override=True)
+  handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                           use_replica_parallel=False)
+  # Orbax logs a warning for every override of a registered type; this one is deliberate, and the
+  # warning was the first line of every run's output.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.setLevel(level)
 
 
 class Checkpointer:

@@ -4,6 +4,7 @@ ends where an uninterrupted one does; skipped examples are counted across proces
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -30,6 +31,9 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   single = subprocess.run(_train_cmd(one), env=env(4), capture_output=True, text=True,
                           timeout=400, cwd=REPO)
   assert single.returncode == 0, single.stderr[-4000:]
+  # Nothing logged at warning level or above (absl's "W1203 12:00:00.000 ..." lines): Orbax's
+  # warning on the checkpointer's array handler opened every run's output.
+  assert not [l for l in single.stderr.splitlines() if re.match(r"[WEF]\d{4} ", l)], single.stderr
   # Same global batches (each process its half of every batch), same losses and results.
   # The same global batches (each process its half of every batch) give the same losses and the
   # same gradients: the gradient norm of every step, before the optimizer's normalisation hides a
