@@ -2,8 +2,11 @@
 
   python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo
 
-Tiny towers at 48 px, batch 64, 1,100 steps. What differs from CLIP's recipe, and why (the runs
-behind each choice are in docs/benchmarks.md):
+Tiny towers (width 128, four text layers, three image layers) at 48 px, batch 64, 1,100 steps.
+What differs from CLIP's recipe, and why (the runs behind each choice are in docs/benchmarks.md):
+- a three-layer image tower (the "tiny" size has four): a step ~0.82x as long (side by side), and
+  shape learnt better at every seed compared (seeds 0-3: shape top-1 0.61-0.78 against 0.46-0.65
+  with four layers; seed 4: 0.59);
 - a convolutional stem (3x3 stride-2 convs before the 1x1 patch embedding) and global average
   pooling: both learn shape from few examples much faster than a linear patchify and a class token;
 - lr 1e-3 with a short warmup and gradient clipping: the run is only 1,100 steps long;
@@ -23,7 +26,9 @@ def get_config():
   c.total_steps = 1100
   c.batch_size = 64
   c.image_size = 48
-  c.model.size = "tiny"
+  c.model.size = "custom"  # "tiny" with three image layers instead of four
+  c.model.custom.update(dict(patch_size=8, image_width=128, image_depth=3, image_heads=4,
+                             text_width=128, text_depth=4, text_heads=4, embed_dim=128))
   c.model.stem = "conv"
   c.model.pool = "gap"
   c.optim.learning_rate = 1e-3
