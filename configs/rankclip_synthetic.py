@@ -1,4 +1,4 @@
-"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (7-12 minutes on 2 cores).
+"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (8-12 minutes on 2 cores).
 
   python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo
 
