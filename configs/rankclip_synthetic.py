@@ -4,9 +4,9 @@
 
 Tiny towers (width 128, four text layers, three image layers) at 48 px, batch 64, 1,100 steps.
 What differs from CLIP's recipe, and why (the runs behind each choice are in docs/benchmarks.md):
-- a three-layer image tower (the "tiny" size has four): a step ~0.82x as long (side by side), and
-  shape learnt better at every seed compared (seeds 0-3: shape top-1 0.61-0.78 against 0.46-0.65
-  with four layers; seed 4: 0.59);
+- a three-layer image tower (the "tiny" size has four): a step ~0.82x as long (side by side),
+  and shape learnt better at every seed compared (seeds 0-3: shape top-1 0.605-0.779 against
+  0.455-0.650 with four layers; seed 4: 0.592);
 - a convolutional stem (3x3 stride-2 convs before the 1x1 patch embedding) and global average
   pooling: both learn shape from few examples much faster than a linear patchify and a class token;
 - lr 1e-3 with a short warmup and gradient clipping: the run is only 1,100 steps long;
