@@ -85,3 +85,34 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
     assert ckpt.all_steps() == [2, 4]  # step 6 (the last) was never reached
   finally:
     ckpt.close()
+
+
+def test_a_non_finite_loss_with_a_finite_gradient_is_skipped_too():
+  """A loss of +inf whose gradient is finite (the infinity is a constant of the parameters) is
+  still a skipped step: the train step poisons one gradient leaf, the logit scale's, and the
+  optimizer's check covers every leaf, frozen ones included (here the logit scale is frozen)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rankclip_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  c = micro_config(**{"loss.strategy": "plain", "optim.freeze_regex": "logit_scale"})
+  trainer = train.Trainer(c)
+
+  def infinite(*args):
+    loss, metrics, new_state = trainer.objective(*args)
+    return loss + jax.lax.stop_gradient(jnp.inf), metrics, new_state
+
+  state = trainer.init()
+  before = jax.tree.map(np.asarray, jax.device_get(state.params))
+  step = jax.jit(functools.partial(
+      step_lib.train_step, model=trainer.model, tx=trainer.tx, schedule=trainer.schedule,
+      objective=infinite, freeze_regex=c.optim.freeze_regex))
+  batch = trainer.global_batch(next(trainer.train_iterator()))
+  grads = jax.jit(functools.partial(step_lib.loss_and_grads, model=trainer.model,
+                                    objective=infinite))(
+      state.params, batch, state.step, jax.random.key(0), state.loss_state)[1]
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))  # only the loss is not
+  after, metrics = step(state, batch)
+  assert np.isnan(float(metrics["grad_norm"]))  # metrics["loss"] is the objective's own, finite
+  assert tuple(int(v) for v in optim.nonfinite_counts(after.opt_state)) == (1, 1)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(after.params))):
+    np.testing.assert_array_equal(a, np.asarray(b))
