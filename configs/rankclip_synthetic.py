@@ -1,4 +1,4 @@
-"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (7-11 minutes on 2 cores).
+"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (6-10 minutes on 2 cores).
 
   python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo
 
@@ -7,10 +7,10 @@ What differs from CLIP's recipe, and why (the runs behind each choice are in doc
 - a one-layer image tower (the "tiny" size has four): with the convolutional stem in front, fewer
   transformer layers learn shape better in this budget, not worse. Seeds 0-4, shape top-1:
   0.645-0.846 with one layer (mean 0.793), 0.574-0.824 (mean 0.745) with two, 0.592-0.779
-  (mean 0.660) with three; held-out combinations and image-to-text retrieval higher than with two layers
-  at every seed; a step ~0.84x as long as with two layers (side by side). Fewer steps do not
-  work: 800 steps gave shape 0.55 and 0.53 at seeds 1 and 4 (two layers at 600 steps: 0.38), since
-  shape is learnt between steps 500 and 1,000;
+  (mean 0.660) with three; held-out combinations and image-to-text retrieval higher than with
+  two layers at every seed; a step ~0.84x as long as with two layers (side by side). Fewer steps
+  do not work: 800 steps gave shape 0.55 and 0.53 at seeds 1 and 4 (two layers at 600 steps:
+  0.38), since shape is learnt between steps 500 and 1,000;
 - a convolutional stem (3x3 stride-2 convs before the 1x1 patch embedding) and global average
   pooling: both learn shape from few examples much faster than a linear patchify and a class token;
 - lr 1e-3 with a short warmup and gradient clipping: the run is only 1,100 steps long;
