@@ -20,7 +20,9 @@ by default, so that the whole command, start-up and the last row included, takes
   3. training throughput: ViT-B/32 and ViT-B/16, RankCLIP and CLIP steps in bfloat16 at batch 256
      and 1024, scanned layers, without remat and with remat (nothing_saveable): examples/s,
      TFLOP/s, MFU and the RankCLIP/CLIP step-time ratio (benchmarks/train_bench.py: the real
-     jitted, sharded Trainer step on synthetic device batches; FLOPs from rankclip_jax/flops.py).
+     jitted, sharded Trainer step on synthetic device batches; FLOPs from rankclip_jax/flops.py),
+     and the ViT-B/16 RankCLIP step at batch 256 with FLIP patch dropout 0.25 and 0.5 against the
+     same step without it.
 The exit status is 0 when every part ran and the correctness checks passed.
 
 A machine that has only JAX, flax, optax and orbax-checkpoint (with their own dependencies,
@@ -84,6 +86,10 @@ class Settings:
   image_size: int = 224
   context: int = 77
   bench_steps: int = 10
+  # FLIP patch dropout: RankCLIP steps of this model and batch (remat off) at these shares of the
+  # image patches dropped, against the same step at 0.
+  patch_dropouts: tuple = (0.25, 0.5)
+  patch_dropout_at: tuple = ("B/16", 256)
   min_config_s: float = 25.0  # a training-throughput row is not started with less time left
 
 
@@ -91,7 +97,7 @@ FULL = Settings()
 TINY = Settings(check_n=64, dim=16, chunk=16, loss_sizes=(64,), largest_n_cap=128, rax_max_n=64,
                 repeats=1, train_steps=30, tiny_model=True, models=("micro",), batches=(8,),
                 remats=("",), dtype="float32", image_size=32, context=16, bench_steps=2,
-                min_config_s=0.0)  # float32: XLA's CPU compiler takes twice as long for bf16
+                patch_dropouts=(0.5,), patch_dropout_at=("micro", 8), min_config_s=0.0)  # float32: XLA's CPU compiler takes twice as long for bf16
 
 
 def is_oom(e: BaseException) -> bool:
@@ -299,23 +305,35 @@ def loss_at_scale(section: dict, s: Settings, clock: Clock, deadline: float):
 
 # --- 3. Training throughput -------------------------------------------------------------------
 
-def train_throughput(section: dict, s: Settings, clock: Clock, deadline: float):
+def train_throughput(section: dict, s: Settings, clock: Clock, deadline: float,
+                     progress=lambda: None):
+  """progress(): called after every row (the command writes the report so far)."""
   rows, skipped = [], []
   section.update(dtype=s.dtype, image_size=s.image_size, context=s.context,
                  steps_timed=s.bench_steps, rows=rows, skipped=skipped)
-  # Without remat first (every model and batch), then with: the rows that matter most come first
-  # when time runs out.
-  plan = [(remat, size, batch) for remat in s.remats for size in s.models for batch in s.batches]
-  for remat, size, batch in plan:
-    times = {}
-    for name, ranking in (("clip", False), ("rankclip", True)):
+  # Without remat first, the smaller batch first, then with remat: the rows that matter most come
+  # first when time runs out. The patch-dropout rows follow their model's no-dropout rows.
+  plan = []
+  for remat in s.remats:
+    for batch in s.batches:
+      for size in s.models:
+        plan.append((remat, size, batch, 0.0, ("clip", "rankclip")))
+        if not remat and (size, batch) == tuple(s.patch_dropout_at):
+          plan += [(remat, size, batch, p, ("rankclip",)) for p in s.patch_dropouts]
+  times = {}  # (size, batch, remat, objective, patch dropout) -> ms per step
+  for remat, size, batch, dropout, objectives in plan:
+    for name in objectives:
       label = f"{size} batch {batch} {name} remat {remat or 'off'}"
+      if dropout:
+        label += f" patch dropout {dropout}"
       if not clock.fits(deadline, s.min_config_s):
         skipped.append(f"{label}: time budget")
         continue
-      config = train_bench.make_config(size, batch, s.image_size, s.context, s.dtype, ranking,
-                                        remat, 0.0, scan=True)
-      row = {"model": size, "batch": batch, "objective": name, "remat": remat or "off"}
+      config = train_bench.make_config(size, batch, s.image_size, s.context, s.dtype,
+                                        name == "rankclip", remat, 0.0, scan=True,
+                                        patch_dropout=dropout)
+      row = {"model": size, "batch": batch, "objective": name, "remat": remat or "off",
+             "patch_dropout": dropout}
       try:
         row.update(train_bench.measure(config, s.bench_steps))  # its "loss": the last value
       except Exception as e:  # pylint: disable=broad-except  (one row fails, the others run)
@@ -325,10 +343,14 @@ def train_throughput(section: dict, s: Settings, clock: Clock, deadline: float):
       gc.collect()
       rows.append(row)
       if "ms_per_step" in row:
-        times[name] = row["ms_per_step"]
-        if name == "rankclip" and "clip" in times:
-          row["rankclip_over_clip"] = round(times["rankclip"] / times["clip"], 3)
+        key = (size, batch, remat)
+        times[key + (name, dropout)] = row["ms_per_step"]
+        if name == "rankclip" and not dropout and key + ("clip", 0.0) in times:
+          row["rankclip_over_clip"] = round(row["ms_per_step"] / times[key + ("clip", 0.0)], 3)
+        if dropout and key + (name, 0.0) in times:
+          row["over_no_dropout"] = round(row["ms_per_step"] / times[key + (name, 0.0)], 3)
       print(f"  train {label}: {row.get('examples_per_s', row.get('error'))}", flush=True)
+      progress()
 
 
 # --- The report -------------------------------------------------------------------------------
@@ -368,21 +390,27 @@ def main(argv=None) -> int:
   report = {"environment": environment(args.tiny), "parts": {}}
   print(f"Accelerator check: {report['environment']['devices']}", flush=True)
   parts = report["parts"]
+
+  def write():  # after every part too, so that a run stopped from outside leaves what it measured
+    report["wall_s"] = round(clock.elapsed(), 1)
+    with open(args.out + ".json", "w") as f:
+      json.dump(report, f, indent=2, default=str)
+    with open(args.out + ".md", "w") as f:
+      f.write(accelerator_report.markdown(report))
+
   if "1" in args.parts:
     guarded(parts, "loss_strategies", loss_strategies_agree, s)
     guarded(parts, "demo_training", demo_trains, s, out_files)
+    write()
   if "2" in args.parts:
     deadline = clock.elapsed() + args.loss_share * max(0.0, args.budget_s - clock.elapsed())
     if "3" not in args.parts:
       deadline = args.budget_s
     guarded(parts, "loss_at_scale", loss_at_scale, s, clock, deadline)
+    write()
   if "3" in args.parts:
-    guarded(parts, "train_throughput", train_throughput, s, clock, args.budget_s)
-  report["wall_s"] = round(clock.elapsed(), 1)
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=2, default=str)
-  with open(args.out + ".md", "w") as f:
-    f.write(accelerator_report.markdown(report))
+    guarded(parts, "train_throughput", train_throughput, s, clock, args.budget_s, write)
+  write()
   print(f"Report: {args.out}.md, {args.out}.json", flush=True)
   return 0 if all(p["status"] == "ok" for p in parts.values()) else 1
 

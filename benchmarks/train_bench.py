@@ -36,13 +36,15 @@ from rankclip_jax.models.two_towers import SIZES
 
 
 def make_config(size: str, batch: int, image_size: int, context: int, dtype: str, ranking: bool,
-                remat: str, peak_tflops: float, scan: bool = False):
-  """remat: "" (none) or a model.remat_policy name."""
+                remat: str, peak_tflops: float, scan: bool = False, patch_dropout: float = 0.0):
+  """remat: "" (none) or a model.remat_policy name; patch_dropout: FLIP's share of image patches
+  dropped in training (model.patch_dropout)."""
   c = defaults.base_config()
   c.model.size = size
   c.model.scan_layers = scan
   c.model.dtype = dtype
   c.model.remat = bool(remat)
+  c.model.patch_dropout = patch_dropout
   if remat:
     c.model.remat_policy = remat
   c.batch_size = batch

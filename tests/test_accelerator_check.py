@@ -68,11 +68,15 @@ def test_tiny_check_without_tensorflow(tmp_path, no_tensorflow):
   assert scale["largest_n"] == {"plain": {"n": 128, "next": 256, "because": "cap"},
                                 "chunked": {"n": 128, "next": 256, "because": "cap"}}
 
-  # 3. A CLIP and a RankCLIP step, their ratio.
+  # 3. A CLIP and a RankCLIP step, their ratio; RankCLIP with half the patches dropped.
   steps = parts["train_throughput"]["rows"]
-  assert [r["objective"] for r in steps] == ["clip", "rankclip"]
+  assert [(r["objective"], r["patch_dropout"]) for r in steps] == [
+      ("clip", 0.0), ("rankclip", 0.0), ("rankclip", 0.5)]
   assert all(r["examples_per_s"] > 0 and r["tflops"] > 0 for r in steps)
-  assert steps[1]["rankclip_over_clip"] > 0
+  assert steps[1]["rankclip_over_clip"] > 0 and "rankclip_over_clip" not in steps[2]
+  assert steps[2]["over_no_dropout"] > 0
+  assert steps[2]["tflops"] / steps[2]["examples_per_s"] < steps[1]["tflops"] / steps[1][
+      "examples_per_s"]  # fewer FLOPs per example: the dropped patches are not computed
 
   # The Markdown report shows each part.
   for heading in ("## 1. Correctness", "## 2. The loss at scale", "## 3. Training throughput"):
