@@ -34,6 +34,10 @@ a machine with PyPI (into .whl/, which git ignores):
 
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl grain==0.2.18 array-record==0.8.6 cloudpickle==3.1.3 portpicker==1.6.0 psutil==7.2.2 ml-collections==1.1.0 ftfy==6.3.1 wcwidth==0.9.4 instant-clip-tokenizer==0.1.1 rax==0.4.0
 
+adding flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 (pure Python, 2.3 MiB) to run the versions
+requirements.txt pins rather than the image's (as on the H200 of docs/benchmarks.md, whose image
+had JAX 0.11.2);
+
 and on the accelerator machine, from the repository root:
 
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. python3 -m benchmarks.accelerator_check

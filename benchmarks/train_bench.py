@@ -52,7 +52,8 @@ def make_config(size: str, batch: int, image_size: int, context: int, dtype: str
   c.context_length = context
   c.total_steps = 10_000
   c.peak_tflops = peak_tflops
-  if not ranking:
+  if not ranking:  # CLIP's own cost: "rankclip" at weight 0 would still compute the ranking terms
+    c.loss.name = "clip"
     c.loss.cross_weight = c.loss.inmodal_weight = 0.0
   c.loss.weight_schedule = "constant"
   return c

@@ -14,7 +14,27 @@ from typing import Any, Optional
 def cost_analysis(lowered) -> Optional[dict[str, Any]]:
   """XLA's cost analysis of a lowered computation as one dict (None when the backend gives none):
   older JAX releases return a list with one dict per computation, newer ones the dict."""
-  analysis = lowered.cost_analysis()
+  try:
+    analysis = lowered.cost_analysis()
+  except NotImplementedError:  # PJRT plugin backends: JAX's CUDA plugin, TPUs
+    analysis = _cost_analysis_on_cpu(lowered)
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
   return analysis or None
+
+
+def _cost_analysis_on_cpu(lowered):
+  """`Lowered.cost_analysis()` raises NotImplementedError on backends reached through a PJRT plugin
+  (JAX 0.11's CUDA plugin, TPUs): without this, no FLOPs and no MFU on exactly the machines where
+  they matter. The analysis is of the HLO before optimisation, which does not depend on the
+  backend, so XLA's CPU client (present in every jaxlib) analyses the same module. It goes through
+  jaxlib's private `hlo_module_cost_analysis`; a release that moves it gives None (no FLOPs), never
+  a crash."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+    module = lowered._lowering.hlo().as_hlo_module()  # pylint: disable=protected-access
+    cpu = jax.local_devices(backend="cpu")[0].client
+    return _jax.hlo_module_cost_analysis(cpu, module)
+  except Exception:  # pylint: disable=broad-except
+    return None

@@ -35,7 +35,7 @@ def mesh(shape=(8,), names=("data",)):
 
 # name -> (loss(img, txt, scale, bias, axis_name=, chunk_size=) -> (loss, metrics))
 LOSSES = {
-    "clip": lambda i, t, s, b, **kw: (losses.clip_loss(i, t, s, **kw), {}),
+    "clip": lambda i, t, s, b, **kw: losses.clip_loss_and_metrics(i, t, s, **kw),
     "rankclip": lambda i, t, s, b, **kw: losses.rankclip_loss(
         i, t, s, cross_weight=0.7, inmodal_weight=0.3, **kw),
     "cyclip": lambda i, t, s, b, **kw: losses.cyclip_loss(
@@ -186,3 +186,31 @@ def test_siglip_matches_float64_reference_and_gradients_reach_scale_and_bias():
   eye = np.eye(N, dtype=np.float32)
   perfect, _ = losses.siglip_loss(eye, eye, 30.0, -15.0)
   assert float(perfect) < 0.05 < float(loss)
+
+
+def test_clip_by_name_is_rankclip_at_weight_zero_without_the_ranking_terms():
+  """config.loss.name="clip" trains exactly as "rankclip" with both weights 0 (same loss, gradient
+  and CLIP metrics) but computes no ranking term: no sort in its program."""
+  img, txt = unit_rows(0), unit_rows(1)
+
+  def by_name(name, weight):
+    fn = losses.LOSSES.get(name).fn
+    hp = {"cross_weight": weight, "inmodal_weight": weight}
+
+    def f(i, t, s):
+      loss, metrics, _ = fn({"image": i, "text": t}, s, jnp.float32(0.0), {}, hp,
+                            axis_name=None, chunk_size=None)
+      return loss, metrics
+    return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True), f
+
+  (clip_loss, clip_metrics), clip_grads = jax.jit(by_name("clip", 0.0)[0])(img, txt, 14.3)
+  (rank_loss, rank_metrics), rank_grads = jax.jit(by_name("rankclip", 0.0)[0])(img, txt, 14.3)
+  np.testing.assert_allclose(clip_loss, rank_loss, rtol=1e-6)
+  for k in ("clip_loss", "i2t_top1", "t2i_top1", "loss"):
+    np.testing.assert_allclose(clip_metrics[k], rank_metrics[k], rtol=1e-6, err_msg=k)
+  for a, b in zip(clip_grads, rank_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  primitives = lambda f: str(jax.make_jaxpr(jax.grad(lambda *a: f(*a)[0], argnums=(0, 1)))(
+      img, txt, 14.3))
+  assert " sort" not in primitives(by_name("clip", 0.0)[1])
+  assert " sort" in primitives(by_name("rankclip", 0.0)[1])

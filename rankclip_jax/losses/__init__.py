@@ -15,6 +15,7 @@ from rankclip_jax.losses.baselines import cyclip_loss
 from rankclip_jax.losses.baselines import siglip_loss
 from rankclip_jax.losses.contrastive import clip_logits
 from rankclip_jax.losses.contrastive import clip_loss
+from rankclip_jax.losses.contrastive import clip_loss_and_metrics
 from rankclip_jax.losses.rankclip import rankclip_loss
 from rankclip_jax.losses.rankclip import ranking_weight_multiplier
 from rankclip_jax.losses.rankclip import SCHEDULES
@@ -63,6 +64,11 @@ LOSSES: Registry[Loss] = Registry("config.loss.name")
 LOSSES.add("rankclip", Loss(_stateless(
     lambda i, t, s, b, hp, **kw: rankclip_loss(i, t, s, cross_weight=hp["cross_weight"],
                                                inmodal_weight=hp["inmodal_weight"], **kw))))
+# CLIP alone: the contrastive loss and nothing else computed. "rankclip" with both weights 0 has
+# the same loss and gradient and also computes (and logs) the ranking terms it does not train on:
+# the study's CLIP, for its diagnostics; this one is CLIP's cost, for timing and large batches.
+LOSSES.add("clip", Loss(_stateless(lambda i, t, s, b, hp, **kw: clip_loss_and_metrics(i, t, s, **kw)),
+                        weighted=False))
 LOSSES.add("cyclip", Loss(_stateless(
     lambda i, t, s, b, hp, **kw: cyclip_loss(i, t, s, cross_weight=hp["cross_weight"],
                                              inmodal_weight=hp["inmodal_weight"], **kw))))
@@ -86,6 +92,7 @@ __all__ = [
     "alip_loss",
     "clip_logits",
     "clip_loss",
+    "clip_loss_and_metrics",
     "cyclip_loss",
     "plackett_luce_nll",
     "plackett_luce_nll_rows",

@@ -67,6 +67,15 @@ def clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
   axis_name / chunk_size: the sharded and row-chunked strategies of rowwise.sum_rows (inside
   shard_map, the arrays are this device's rows).
   """
+  return clip_loss_and_metrics(image_emb, text_emb, scale, axis_name=axis_name,
+                               chunk_size=chunk_size)[0]
+
+
+def clip_loss_and_metrics(image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array, *,
+                          axis_name: rowwise.AxisName = None, chunk_size: int | None = None
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """clip_loss -> (scalar loss, metrics: loss, clip_loss, i2t_top1, t2i_top1)."""
   sums, n = rowwise.sum_rows(lambda r, c: clip_row_sums(r, c, scale)[0], image_emb, text_emb,
                              axis_name=axis_name, chunk_size=chunk_size)
-  return clip_metrics(sums, n)["clip_loss"]
+  metrics = clip_metrics(sums, n)
+  return metrics["clip_loss"], dict(metrics, loss=metrics["clip_loss"])
