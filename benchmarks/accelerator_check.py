@@ -101,7 +101,8 @@ FULL = Settings()
 TINY = Settings(check_n=64, dim=16, chunk=16, loss_sizes=(64,), largest_n_cap=128, rax_max_n=64,
                 repeats=1, train_steps=30, tiny_model=True, models=("micro",), batches=(8,),
                 remats=("",), dtype="float32", image_size=32, context=16, bench_steps=2,
-                patch_dropouts=(0.5,), patch_dropout_at=("micro", 8), min_config_s=0.0)  # float32: XLA's CPU compiler takes twice as long for bf16
+                patch_dropouts=(0.5,), patch_dropout_at=("micro", 8),
+                min_config_s=0.0)  # float32: XLA's CPU compiler takes twice as long for bf16
 
 
 def is_oom(e: BaseException) -> bool:

@@ -78,7 +78,8 @@ def markdown(report: dict) -> str:
   out += status("train_throughput")
   out += _table(tt.get("rows", []), [
       ("model", "model"), ("batch", "batch"), ("loss", "objective"), ("remat", "remat"),
-      ("patch dropout", "patch_dropout"), ("ms/step", "ms_per_step"), ("examples/s", "examples_per_s"), ("TFLOP/s", "tflops"),
+      ("patch dropout", "patch_dropout"), ("ms/step", "ms_per_step"),
+      ("examples/s", "examples_per_s"), ("TFLOP/s", "tflops"),
       ("MFU", "mfu"), ("RankCLIP/CLIP step", "rankclip_over_clip"),
       ("step / no-dropout step", "over_no_dropout"),
       ("compile s", "compile_s"), ("temp MiB", "temp_mib"), ("error", "error")])

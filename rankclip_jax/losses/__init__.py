@@ -67,8 +67,8 @@ LOSSES.add("rankclip", Loss(_stateless(
 # CLIP alone: the contrastive loss and nothing else computed. "rankclip" with both weights 0 has
 # the same loss and gradient and also computes (and logs) the ranking terms it does not train on:
 # the study's CLIP, for its diagnostics; this one is CLIP's cost, for timing and large batches.
-LOSSES.add("clip", Loss(_stateless(lambda i, t, s, b, hp, **kw: clip_loss_and_metrics(i, t, s, **kw)),
-                        weighted=False))
+LOSSES.add("clip", Loss(
+    _stateless(lambda i, t, s, b, hp, **kw: clip_loss_and_metrics(i, t, s, **kw)), weighted=False))
 LOSSES.add("cyclip", Loss(_stateless(
     lambda i, t, s, b, hp, **kw: cyclip_loss(i, t, s, cross_weight=hp["cross_weight"],
                                              inmodal_weight=hp["inmodal_weight"], **kw))))
