@@ -19,6 +19,9 @@ op belongs to the forward pass (`jvp(...)`) or the backward pass (`transpose(jvp
 XLA runs independent ops on several threads at once, so the op times add up to more than the
 wall time of a step; the shares are of the summed op time. Also printed: the step's wall time,
 and XLA's cost analysis (FLOPs, bytes accessed) of the compiled step.
+
+On a CPU host it starts itself again with glibc's huge-page tunable, as the training command does
+(rankclip_jax/host_memory.py); `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` profiles glibc's default.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 from absl import flags
 
 from rankclip_jax import compat
+from rankclip_jax import host_memory
 from rankclip_jax import train
 from rankclip_jax.data.records import SKIP_KINDS
 
@@ -161,6 +165,7 @@ def profile(config, steps: int):
 
 
 def main():
+  host_memory.restart_with_huge_pages()  # as the training command does (rankclip_jax/host_memory.py)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/rankclip_synthetic.py")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

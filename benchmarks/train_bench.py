@@ -13,6 +13,9 @@ the table; none on CPU).
 --open_clip_python names a Python that has torch and open_clip_torch (kept out of this project's
 environment: the .venv-torch of requirements-torch.txt, see the README's tests); the same architecture and batch is then trained there with
 CLIP's loss and AdamW, and the ratio of examples/s is printed.
+
+On a CPU host it starts itself again with glibc's huge-page tunable, as the training command does
+(rankclip_jax/host_memory.py); `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` measures glibc's default.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from absl import flags
 
 from rankclip_jax import defaults
 from rankclip_jax import flops as flops_lib
+from rankclip_jax import host_memory
 from rankclip_jax import train
 from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.models.transformer import REMAT_POLICIES
@@ -141,6 +145,7 @@ def open_clip_examples_per_s(python: str, size: str, batch: int, image_size: int
 
 
 def main():
+  host_memory.restart_with_huge_pages()  # as the training command does (rankclip_jax/host_memory.py)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", nargs="+", default=["tiny", "B/32", "B/16"])
   parser.add_argument("--batches", type=int, nargs="+", default=[256])

@@ -9,7 +9,7 @@ Running the same command again resumes from the last checkpoint in --workdir.
 
 from ml_collections import config_flags
 
-from rankclip_jax import cli, train
+from rankclip_jax import cli, host_memory, train
 from rankclip_jax.errors import USER_ERRORS
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,7 +27,9 @@ def main(argv):
 
 
 def run():
-  """The `rankclip-train` command (a command-line mistake: one `Error:` line, exit status 2)."""
+  """The `rankclip-train` command (a command-line mistake: one `Error:` line, exit status 2). On a
+  CPU it first starts itself again with huge pages for XLA's working memory (host_memory.py)."""
+  host_memory.restart_with_huge_pages()
   cli.run(main, required=["config", "workdir"])
 
 

@@ -13,6 +13,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 # (the `optimized_xla` fixture).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The training command starts itself again with this glibc tunable on CPU hosts
+# (rankclip_jax/host_memory.py); given here, the runs that tests start go on without a second start.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # A compilation cache for this session only (a fresh directory each run, so nothing carries over
 # between runs): the many tests that build the same tiny model and step, in this process and in the
