@@ -1,4 +1,4 @@
-"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (6-10 minutes on 2 cores).
+"""RankCLIP on the embedded synthetic scenes: the out-of-the-box CPU demo (3.5-8 minutes on 2 cores).
 
   python main.py --config=configs/rankclip_synthetic.py --workdir=runs/demo
 
