@@ -77,8 +77,11 @@ def with_tunable(env: Mapping[str, str]) -> dict[str, str]:
 def initial_environment() -> dict[str, str]:
   """The environment this process was started with (Linux: /proc/self/environ), without what
   imported libraries have set in os.environ since."""
-  with open("/proc/self/environ", "rb") as f:
-    items = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+  try:
+    with open("/proc/self/environ", "rb") as f:
+      items = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+  except OSError:
+    return dict(os.environ)
   return {os.fsdecode(k): os.fsdecode(v) for k, v in items}
 
 
@@ -86,7 +89,7 @@ def restart_with_huge_pages() -> None:
   """Replaces this process (os.execve: the same process id, command line and starting environment)
   by one started with the tunable when wants_huge_pages(); returns, doing nothing, otherwise. Call
   it first thing."""
-  if not sys.platform.startswith("linux"):
+  if not (sys.platform.startswith("linux") and sys.executable):
     return
   env = initial_environment()
   if not wants_huge_pages(env, platform.libc_ver(), thp_mode()):
