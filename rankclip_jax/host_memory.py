@@ -7,8 +7,9 @@ own (a worker thread's arena holds at most 64 MiB; above its threshold, at most 
 maps large blocks apart) and unmaps it when it is freed, so every step faults each 4 KiB page of
 the buffer in again: ~46,000 page faults and about a quarter of the demo process's CPU time spent in
 the kernel (docs/benchmarks.md). glibc's `glibc.malloc.hugetlb=1` tunable has it ask the kernel for
-transparent huge pages (2 MiB) on those mappings, which cuts the faults 512-fold; the demo trains
-~1.1x faster with it.
+transparent huge pages (2 MiB) on those mappings: measured, 65 times fewer page faults in a demo
+run, its training 0.95x as long (1.08x the examples/s once running), the tiny model's step in
+benchmarks/train_bench.py 0.84x as long, the results identical.
 
 glibc reads its tunables only when a process starts, so the training command (`run()` of
 rankclip_jax/main.py) starts itself again, at once and under the same process id, with
