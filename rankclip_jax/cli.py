@@ -61,7 +61,37 @@ def run(main: Callable[[list[str]], Any], required: Sequence[str] = ()) -> None:
   """absl.app.run(main) with the command line checked first (see the module docstring); the
   flags in `required` must be given, and not empty."""
   flags.mark_flags_as_required(list(required))
+  put_config_packages_on_path(sys.argv)
   app.run(main, flags_parser=lambda argv: parse_command_line(argv, required))
+
+
+def put_config_packages_on_path(argv: Sequence[str]) -> list[str]:
+  """Makes the package that a config or sweep file belongs to importable, as `python main.py` run
+  from the repository does (the script's folder comes first on sys.path there): a console script
+  (rankclip-train, rankclip-sweep, ...) starts with its own folder first instead, where
+  configs/rankclip_synthetic.py's `from configs import common` would fail. For every flag whose
+  value names a .py file (`--config=configs/x.py`, `--config configs/x.py`, `--sweep=s.py:3`), the
+  folder above the file's package (the nearest ancestor without an __init__.py) goes first on
+  sys.path, unless it is there already. Returns the folders added."""
+  values = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith("--"):
+      _, eq, value = arg.partition("=")
+      values.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
+  present = {os.path.abspath(p or os.curdir) for p in sys.path}
+  added = []
+  for value in values:
+    path = re.sub(r"(?<=\.py):.*$", "", value)  # config_flags' "file.py:argument"
+    if not (path.endswith(".py") and os.path.isfile(path)):
+      continue
+    root = os.path.dirname(os.path.abspath(path))
+    while os.path.isfile(os.path.join(root, "__init__.py")):
+      root = os.path.dirname(root)
+    if root not in present:
+      sys.path.insert(0, root)
+      present.add(root)
+      added.append(root)
+  return added
 
 
 def parse_command_line(argv: Sequence[str], required: Sequence[str] = (),

@@ -63,3 +63,42 @@ def test_console_scripts_are_installed_and_run(tmp_path):
   for script, proc in procs.items():
     out, err = proc.communicate(timeout=180)
     assert proc.returncode != 0 and COMMANDS[script] in out + err, (script, err[-2000:])
+
+
+def test_console_scripts_import_the_configs_package_as_main_py_does(tmp_path):
+  """A config file imports its siblings (`from configs import common`): with `python main.py` the
+  repository is on sys.path; the console scripts put the folder above the config's package there
+  (cli.put_config_packages_on_path), for a path relative to the repository and a full path from
+  any folder alike. A config typo then gets its own error, not a ModuleNotFoundError."""
+  config = os.path.join("configs", "rankclip_synthetic.py")
+  cases = [
+      ([os.path.join(BIN, "rankclip-train"), f"--config={config}", f"--workdir={tmp_path}/a",
+        "--config.no_such_field=1"], REPO, "config has no field 'no_such_field'"),
+      ([os.path.join(BIN, "rankclip-train"), "--config", os.path.join(REPO, config),
+        f"--workdir={tmp_path}/b", "--config.no_such_field=1"], tmp_path,
+       "config has no field 'no_such_field'"),
+      ([os.path.join(BIN, "rankclip-sweep"), f"--config={os.path.join(REPO, config)}",
+        f"--sweep={os.path.join(REPO, 'configs', 'sweeps', 'clip_vs_rankclip.py')}:1",
+        f"--workdir={tmp_path}/c", "--emit=commands"], tmp_path, "rankclip,seed=1"),
+  ]
+  procs = [(subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True), want) for cmd, cwd, want in cases]
+  for proc, want in procs:
+    out, err = proc.communicate(timeout=180)
+    assert want in out + err and "ModuleNotFoundError" not in out + err, err[-2000:]
+
+
+def test_the_folder_above_a_config_package_goes_on_sys_path(tmp_path, monkeypatch):
+  from rankclip_jax import cli
+  (tmp_path / "proj" / "cfgs" / "sub").mkdir(parents=True)
+  (tmp_path / "proj" / "cfgs" / "__init__.py").write_text("")
+  (tmp_path / "proj" / "cfgs" / "sub" / "__init__.py").write_text("")
+  (tmp_path / "proj" / "cfgs" / "sub" / "a.py").write_text("")
+  (tmp_path / "loose.py").write_text("")
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  proj = str(tmp_path / "proj")
+  argv = ["prog", f"--config={proj}/cfgs/sub/a.py:3", "--sweep", str(tmp_path / "loose.py"),
+          "--workdir=/nonexistent.py", "--other", f"{proj}/cfgs/sub/a.py"]
+  assert cli.put_config_packages_on_path(argv) == [proj, str(tmp_path)]
+  assert sys.path[:2] == [str(tmp_path), proj]
+  assert cli.put_config_packages_on_path(argv) == []  # already there
