@@ -25,11 +25,11 @@ def cost_analysis(lowered) -> Optional[dict[str, Any]]:
 
 def _cost_analysis_on_cpu(lowered):
   """`Lowered.cost_analysis()` raises NotImplementedError on backends reached through a PJRT plugin
-  (seen with JAX 0.11's CUDA plugin on an H200; TPUs' libtpu is such a plugin too): without this, no FLOPs and no MFU on exactly the machines where
-  they matter. The analysis is of the HLO before optimisation, which does not depend on the
-  backend, so XLA's CPU client (present in every jaxlib) analyses the same module. It goes through
-  jaxlib's private `hlo_module_cost_analysis`; a release that moves it gives None (no FLOPs), never
-  a crash."""
+  (seen with JAX 0.11's CUDA plugin on an H200; TPUs' libtpu is such a plugin too): without this,
+  no FLOPs and no MFU on exactly the machines where they matter. The analysis is of the HLO before
+  optimisation, which does not depend on the backend, so XLA's CPU client (present in every jaxlib)
+  analyses the same module. It goes through jaxlib's private `hlo_module_cost_analysis`; a release
+  that moves it gives None (no FLOPs), never a crash."""
   import jax  # pylint: disable=g-import-not-at-top
   try:
     from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top

@@ -2,10 +2,10 @@
 
 On a CPU, XLA allocates a compiled program's temporary buffer (a training step's activations and
 gradients: ~180 MiB for the demo's step) with `posix_memalign` at every execution, from one of its
-worker threads, and frees it at the end. glibc serves an allocation that large with an `mmap` of its
-own (a worker thread's arena holds at most 64 MiB; above its threshold, at most 32 MiB, the main heap
-maps large blocks apart) and unmaps it when it is freed, so every step faults each 4 KiB page of
-the buffer in again: ~46,000 page faults and about a quarter of the demo process's CPU time spent in
+worker threads, and frees it at the end. glibc serves an allocation that large with an `mmap` of
+its own (a worker thread's arena holds at most 64 MiB; above its threshold, at most 32 MiB, the main
+heap maps large blocks apart) and unmaps it when it is freed, so every step faults each 4 KiB page
+of the buffer in again: ~46,000 page faults and about a quarter of the demo process's CPU time spent in
 the kernel (docs/benchmarks.md). glibc's `glibc.malloc.hugetlb=1` tunable has it ask the kernel for
 transparent huge pages (2 MiB) on those mappings: measured, 65 times fewer page faults in a demo
 run, its training 0.95x as long (1.08x the examples/s once running), the tiny model's step in
@@ -16,8 +16,8 @@ rankclip_jax/main.py) starts itself again, at once and under the same process id
 `GLIBC_TUNABLES` extended, when all of these hold: Linux with glibc 2.35 or newer (the tunable's
 first release), the kernel's transparent huge pages set to `madvise` (with `always` the mappings get
 huge pages anyway, with `never` they cannot), JAX going to run on the CPU (the first of
-JAX_PLATFORMS is `cpu`, or it is unset and no GPU or TPU plugin is installed), and GLIBC_TUNABLES not
-already naming `glibc.malloc.hugetlb`: `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps glibc's
+JAX_PLATFORMS is `cpu`, or it is unset and no GPU or TPU plugin is installed), and GLIBC_TUNABLES
+not already naming `glibc.malloc.hugetlb`: `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps glibc's
 default.
 
 This module imports nothing heavy (no JAX), so that the decision costs nothing.

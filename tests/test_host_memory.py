@@ -4,6 +4,7 @@ fresh process: glibc reads its tunables only at start-up)."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -63,7 +64,7 @@ def _python(args, **env) -> subprocess.CompletedProcess:
 
 needs_madvise = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and host_memory.wants_huge_pages(
-        _cpu(), __import__("platform").libc_ver(), host_memory.thp_mode())),
+        _cpu(), platform.libc_ver(), host_memory.thp_mode())),
     reason="the restart needs Linux, glibc >= 2.35 and transparent huge pages in madvise mode")
 
 
