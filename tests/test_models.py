@@ -244,3 +244,33 @@ def test_exact_gelu_matches_its_definition():
   g = np.asarray(jax.vmap(jax.grad(gelu))(x), np.float64)  # Phi(x) + x phi(x)
   dwant = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x.astype(np.float64) ** 2 / 2) / np.sqrt(2 * np.pi)
   np.testing.assert_allclose(g, dwant, atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_self_attention_is_flax_multi_head_attention_with_a_fused_projection(masked):
+  """Same parameter tree and initial values as flax's MultiHeadDotProductAttention (checkpoints
+  and the OpenCLIP converter depend on it), the same outputs and gradients."""
+  import flax.linen as nn
+  from rankclip_jax.models.transformer import SelfAttention
+  x = jax.random.normal(jax.random.key(3), (2, 7, 32)) * 2.0 + 0.5
+  mask = nn.make_causal_mask(jnp.ones((2, 7))) if masked else None
+  ours, flax_mha = SelfAttention(num_heads=4), nn.MultiHeadDotProductAttention(num_heads=4)
+  params = ours.init(jax.random.key(0), x, mask)
+  want = flax_mha.init(jax.random.key(0), x, x, mask=mask)
+  assert jax.tree.structure(params) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, params, want)
+  # Perturb every parameter so that zero biases cannot hide a misplaced one.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  params = jax.tree.unflatten(treedef, [p + 0.1 * jax.random.normal(k, p.shape)
+                                        for p, k in zip(leaves, keys)])
+  np.testing.assert_allclose(ours.apply(params, x, mask), flax_mha.apply(params, x, x, mask=mask),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))  # pylint: disable=unnecessary-lambda-assignment
+  g_ours = jax.grad(loss(lambda p: ours.apply(p, x, mask)))(params)
+  g_want = jax.grad(loss(lambda p: flax_mha.apply(p, x, x, mask=mask)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_ours, g_want)
+  # bfloat16: the softmax in float32, the result in bfloat16 and close to float32's.
+  low = SelfAttention(num_heads=4, dtype=jnp.bfloat16).apply(params, x, mask)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), ours.apply(params, x, mask), atol=0.1)
