@@ -58,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA realises the saving only for scanned blocks (docs/benchmarks.md).
   c.model.remat = False
   c.model.remat_policy = "nothing_saveable"
+  # Recompute each block's LayerNorm outputs and MLP activation in the backward pass rather than
+  # keep them (the same numbers up to round-off, less working memory; on CPU also a shorter step).
+  # Independent of remat. models/transformer.py EncoderBlock.
+  c.model.recompute_elementwise = True
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False

@@ -185,11 +185,17 @@ def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads
   model, params = micro
   stacked = with_layer_layout(params, scanned=True)
   want, want_g = micro_pair_grads
-  assert not _remat_policies(jax.make_jaxpr(lambda p: _pair_loss(model, p))(params).jaxpr)
+  # Without model.remat, only each block's elementwise recomputation (model.recompute_elementwise,
+  # on by default: both LayerNorms and the MLP's activation, no policy) is rematerialised.
+  plain = _remat_policies(jax.make_jaxpr(lambda p: _pair_loss(model, p))(params).jaxpr)
+  assert len(plain) == 3 * 4 and all(u is None for u in plain), plain
+  off = TwoTowers(SIZES["micro"], context_length=8, recompute_elementwise=False)
+  assert not _remat_policies(jax.make_jaxpr(lambda p: _pair_loss(off, p))(params).jaxpr)
   for name, policy in REMAT_POLICIES.items():
     for scan, p in ((False, params), (True, stacked)):
       remat = TwoTowers(SIZES["micro"], context_length=8, scan=scan, remat=True, remat_policy=name)
-      used = _remat_policies(jax.make_jaxpr(lambda q, m=remat: _pair_loss(m, q))(p).jaxpr)
+      used = [u for u in _remat_policies(jax.make_jaxpr(lambda q, m=remat: _pair_loss(m, q))(p).jaxpr)
+              if u is not None]
       # One region per block (2 + 2 layers), or one per tower's scan body.
       assert len(used) == (2 if scan else 4) and all(u is policy for u in used), (name, used)
   # The numbers, for the policy between the extremes (JAX's remat is exact whatever it keeps).
@@ -274,3 +280,24 @@ def test_self_attention_is_flax_multi_head_attention_with_a_fused_projection(mas
   low = SelfAttention(num_heads=4, dtype=jnp.bfloat16).apply(params, x, mask)
   assert low.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(low, np.float32), ours.apply(params, x, mask), atol=0.1)
+
+
+def test_recomputed_norms_and_activations_keep_the_numbers_in_less_memory(micro, micro_pair_grads):
+  """model.recompute_elementwise (on by default): the value and gradients of the pair loss are those
+  computed with every LayerNorm output and MLP activation kept (up to round-off), and the compiled gradient needs
+  less working memory, per layer and inside the scan."""
+  from rankclip_jax.models.transformer import with_layer_layout
+  _, params = micro
+  want, want_g = micro_pair_grads
+  kept = TwoTowers(SIZES["micro"], context_length=8, recompute_elementwise=False)
+  got, got_g = _pair_grads(kept, params)
+  # Up to float round-off: XLA fuses the recomputed ops into other kernels (as for model.remat).
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  for scan, p in ((False, params), (True, with_layer_layout(params, scanned=True))):
+    temp = {}
+    for recompute in (True, False):
+      m = TwoTowers(SIZES["micro"], context_length=8, scan=scan, recompute_elementwise=recompute)
+      grad = jax.jit(jax.value_and_grad(lambda q, m=m: _pair_loss(m, q)))
+      temp[recompute] = grad.lower(p).compile().memory_analysis().temp_size_in_bytes
+    assert temp[True] < temp[False], (scan, temp)

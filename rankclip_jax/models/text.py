@@ -30,6 +30,7 @@ class TextTransformer(nn.Module):
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # transformer.REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
+  recompute_elementwise: bool = True  # transformer.EncoderBlock
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -49,7 +50,8 @@ class TextTransformer(nn.Module):
     mask = nn.make_causal_mask(tokens)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                 ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
-                scan=self.scan, dtype=self.dtype, name="encoder")(x, mask)
+                scan=self.scan, recompute_elementwise=self.recompute_elementwise,
+                dtype=self.dtype, name="encoder")(x, mask)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
     # none (hand-made input) falls back to the last position.

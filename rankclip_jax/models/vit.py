@@ -36,6 +36,7 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   remat_policy: str = "nothing_saveable"  # transformer.REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
+  recompute_elementwise: bool = True  # transformer.EncoderBlock
   # FLIP (Li et al. 2023): in training, drop this fraction of the patch tokens of each image at
   # random before the encoder (the class token is always kept), so a step costs about that much less
   # of the image tower. Never at evaluation (train=False), so loading and export are unaffected.
@@ -81,7 +82,8 @@ class VisionTransformer(nn.Module):
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_pre")(x)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                 ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
-                scan=self.scan, dtype=self.dtype, name="encoder")(x)
+                scan=self.scan, recompute_elementwise=self.recompute_elementwise,
+                dtype=self.dtype, name="encoder")(x)
     pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_post")(pooled)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)
