@@ -62,6 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   # keep them (the same numbers up to round-off, less working memory; on CPU also a shorter step).
   # Independent of remat. models/transformer.py EncoderBlock.
   c.model.recompute_elementwise = True
+  # The last block of a tower that pools one token (the text tower's end-of-text token; the image
+  # tower's class token with pool="cls") computes that token only: every token's keys and values,
+  # one query and one MLP row per example. The same numbers up to round-off, less work; unscanned
+  # layers only (scan_layers applies one body to every layer). models/transformer.py Encoder.
+  c.model.last_block_pooled_only = True
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False

@@ -34,7 +34,8 @@ def _encoder_input_length(model, params, **kw):
   apply = jax.jit(functools.partial(model.apply, capture_intermediates=True,
                                     mutable=["intermediates"], **kw))
   _, state = apply({"params": params}, IMAGES, TOKENS)
-  out = state["intermediates"]["image"]["encoder"]["__call__"][0]
+  # ln_pre's output is the encoder's input (the encoder returns the class token's output only).
+  out = state["intermediates"]["image"]["ln_pre"]["__call__"][0]
   return out.shape[1]
 
 

@@ -31,6 +31,7 @@ class TextTransformer(nn.Module):
   remat_policy: str = "nothing_saveable"  # transformer.REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
   recompute_elementwise: bool = True  # transformer.EncoderBlock
+  last_block_pooled_only: bool = True  # transformer.Encoder
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -48,14 +49,15 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width))
     x = x + pos[:length].astype(self.dtype)
     mask = nn.make_causal_mask(tokens)
+    # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
+    # none (hand-made input) falls back to the last position. The encoder returns that token's
+    # output only (and computes only it in its last block: Encoder.last_block_pooled_only).
+    is_eot = tokens == self.eot_id
+    eot_pos = jnp.where(is_eot.any(axis=-1), jnp.argmax(is_eot, axis=-1), length - 1)
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                 ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
                 scan=self.scan, recompute_elementwise=self.recompute_elementwise,
-                dtype=self.dtype, name="encoder")(x, mask)
-    x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
-    # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
-    # none (hand-made input) falls back to the last position.
-    is_eot = tokens == self.eot_id
-    eot_pos = jnp.where(is_eot.any(axis=-1), jnp.argmax(is_eot, axis=-1), length - 1)
-    pooled = jnp.take_along_axis(x, eot_pos[:, None, None], axis=1)[:, 0]
+                last_block_pooled_only=self.last_block_pooled_only,
+                dtype=self.dtype, name="encoder")(x, mask, eot_pos.astype(jnp.int32))
+    pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)

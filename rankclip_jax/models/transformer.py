@@ -90,13 +90,17 @@ class SelfAttention(nn.Module):
   flax's module; docs/benchmarks.md). The softmax runs in float32 whatever the model's dtype.
 
   mask: boolean, broadcastable to [batch, heads, tokens, tokens]; False where a query may not attend.
+  query_index: int [batch] or None. Given, only that token of each row is a query: the output is
+  [batch, 1, width], that token's attention over all the row's tokens (the keys and values are
+  still every token's), what the full computation gives at that position.
   """
 
   num_heads: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None):
+  def __call__(self, x, mask: Optional[jax.Array] = None,
+               query_index: Optional[jax.Array] = None):
     width = x.shape[-1]
     heads = self.num_heads
     if width % heads:
@@ -107,8 +111,16 @@ class SelfAttention(nn.Module):
     out_kernel, out_bias = _Projection((heads, head_dim, width), (width,), 2, name="out")()
     kernel = jnp.stack([k for k, _ in qkv], axis=1).astype(self.dtype)  # [W, 3, H, D]
     bias = jnp.stack([b for _, b in qkv]).astype(self.dtype)  # [3, H, D]
-    q, k, v = (jnp.einsum("btw,wshd->sbhtd", x.astype(self.dtype), kernel)
-               + bias[:, None, :, None, :])
+    x = x.astype(self.dtype)
+    if query_index is None:
+      q, k, v = jnp.einsum("btw,wshd->sbhtd", x, kernel) + bias[:, None, :, None, :]
+    else:
+      k, v = jnp.einsum("btw,wshd->sbhtd", x, kernel[:, 1:]) + bias[1:, None, :, None, :]
+      q = (jnp.einsum("btw,whd->bhtd", take_tokens(x, query_index), kernel[:, 0])
+           + bias[0, None, :, None, :])
+      if mask is not None and mask.shape[-2] > 1:  # the query rows of the mask
+        mask = jnp.broadcast_to(mask, (x.shape[0],) + mask.shape[1:])
+        mask = jnp.take_along_axis(mask, query_index[:, None, None, None], axis=2)
     q = q * np.asarray(head_dim ** -0.5, self.dtype)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
@@ -117,6 +129,11 @@ class SelfAttention(nn.Module):
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
     return (jnp.einsum("bhqd,hdw->bqw", out, out_kernel.astype(self.dtype))
             + out_bias.astype(self.dtype))
+
+
+def take_tokens(x, index):
+  """x [batch, tokens, width], index int [batch] -> [batch, 1, width]: token index[b] of row b."""
+  return jnp.take_along_axis(x, index[:, None, None], axis=1)
 
 
 class MlpBlock(nn.Module):
@@ -146,6 +163,11 @@ class EncoderBlock(nn.Module):
   wider) fewer per block in the step's working memory, for a few elementwise ops more. On a CPU the
   smaller working memory more than pays for them (the tiny towers' step: 426 -> 348 MiB, ~10%
   shorter; docs/benchmarks.md). Independent of `remat`, which recomputes whole blocks.
+
+  query_index: int [batch] or None. Given, the block computes only that token of each row (its
+  attention over all the row's tokens, then the MLP) and returns [batch, 1, width]: what the full
+  block gives at that position, for a fraction of the work (Encoder's last block when a tower
+  pools one token).
   """
 
   num_heads: int
@@ -156,10 +178,14 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None):
+  def __call__(self, x, mask: Optional[jax.Array] = None,
+               query_index: Optional[jax.Array] = None):
     norm = nn.remat(nn.LayerNorm) if self.recompute_elementwise else nn.LayerNorm
     y = norm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_1")(x)
-    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(y, mask)
+    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(
+        y, mask, query_index)
+    if query_index is not None:
+      x = take_tokens(x, query_index)
     x = x + y
     y = norm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_2")(x)
     y = MlpBlock(self.mlp_dim, act=self.act, recompute_act=self.recompute_elementwise,
@@ -186,6 +212,13 @@ class Encoder(nn.Module):
   remat=True recomputes each block's activations in the backward pass (less memory, up to ~1/3
   more compute), which is what lets large batches fit; remat_policy (REMAT_POLICIES) says which
   intermediates are kept rather than recomputed.
+
+  Called with pool_index (int [batch]: the one token of each row that the tower goes on with, its
+  class or end-of-text token), it returns that token's output, [batch, width]. With
+  last_block_pooled_only (and scan=False) the last block then computes only that token: every
+  token's keys and values, one query and one MLP row per example; the same numbers up to round-off
+  for a fraction of the last block's work. The scanned stack applies one body to every layer, so it
+  computes every token and takes the pooled one after.
   """
 
   depth: int
@@ -197,10 +230,12 @@ class Encoder(nn.Module):
   remat_policy: str = "nothing_saveable"
   scan: bool = False
   recompute_elementwise: bool = True  # EncoderBlock
+  last_block_pooled_only: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None):
+  def __call__(self, x, mask: Optional[jax.Array] = None,
+               pool_index: Optional[jax.Array] = None):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
               recompute_elementwise=self.recompute_elementwise, dtype=self.dtype)
     policy = get_remat_policy(self.remat_policy)
@@ -210,11 +245,15 @@ class Encoder(nn.Module):
       scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,), length=self.depth)
       x, _ = scanned(**kw, name="blocks")(x, mask)
-      return x
+      return x if pool_index is None else take_tokens(x, pool_index)[:, 0]
     block_cls = nn.remat(EncoderBlock, policy=policy) if self.remat else EncoderBlock
+    pruned = pool_index is not None and self.last_block_pooled_only and self.depth > 0
     for i in range(self.depth):
-      x = block_cls(**kw, name=f"block_{i}")(x, mask)
-    return x
+      query_index = pool_index if pruned and i == self.depth - 1 else None
+      x = block_cls(**kw, name=f"block_{i}")(x, mask, query_index)
+    if pool_index is None:
+      return x
+    return x[:, 0] if pruned else take_tokens(x, pool_index)[:, 0]
 
 
 def stack_blocks(encoder: Mapping[str, Any]) -> dict:

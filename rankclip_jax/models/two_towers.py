@@ -72,6 +72,7 @@ class TwoTowers(nn.Module):
   remat_policy: str = "nothing_saveable"
   scan: bool = False
   recompute_elementwise: bool = True  # transformer.EncoderBlock
+  last_block_pooled_only: bool = True  # transformer.Encoder
   patch_dropout: float = 0.0  # FLIP's share of image patch tokens dropped in training (vit.py)
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
@@ -86,13 +87,15 @@ class TwoTowers(nn.Module):
         patch_size=s.patch_size, width=s.image_width, depth=s.image_depth,
         num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
         ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
-        recompute_elementwise=self.recompute_elementwise, patch_dropout=self.patch_dropout,
+        recompute_elementwise=self.recompute_elementwise,
+        last_block_pooled_only=self.last_block_pooled_only, patch_dropout=self.patch_dropout,
         dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
         act=self.act, ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
-        scan=self.scan, recompute_elementwise=self.recompute_elementwise, dtype=self.dtype)
+        scan=self.scan, recompute_elementwise=self.recompute_elementwise,
+        last_block_pooled_only=self.last_block_pooled_only, dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -136,7 +139,8 @@ def tower_sizes(model_config) -> TowerSizes:
 
 def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
   """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
-  remat_policy, scan_layers, recompute_elementwise, patch_dropout, dtype, init_scale, init_bias). `logit_bias`: give the model a
+  remat_policy, scan_layers, recompute_elementwise, last_block_pooled_only, patch_dropout, dtype,
+  init_scale, init_bias). `logit_bias`: give the model a
   learnable logit bias initialised at init_bias (the trainer asks for it when the loss has one:
   SigLIP)."""
   sizes = tower_sizes(model_config)
@@ -150,6 +154,7 @@ def build_model(model_config, *, context_length: int, logit_bias: bool = False) 
       remat_policy=model_config.get("remat_policy", "nothing_saveable"),
       scan=bool(model_config.get("scan_layers", False)),
       recompute_elementwise=bool(model_config.get("recompute_elementwise", True)),
+      last_block_pooled_only=bool(model_config.get("last_block_pooled_only", True)),
       patch_dropout=float(model_config.get("patch_dropout", 0.0)),
       dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
       logit_bias_init=float(model_config.init_bias) if logit_bias else None)

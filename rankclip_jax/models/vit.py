@@ -37,6 +37,7 @@ class VisionTransformer(nn.Module):
   remat_policy: str = "nothing_saveable"  # transformer.REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
   recompute_elementwise: bool = True  # transformer.EncoderBlock
+  last_block_pooled_only: bool = True  # transformer.Encoder (pool "cls" only)
   # FLIP (Li et al. 2023): in training, drop this fraction of the patch tokens of each image at
   # random before the encoder (the class token is always kept), so a step costs about that much less
   # of the image tower. Never at evaluation (train=False), so loading and export are unaffected.
@@ -80,11 +81,15 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, c)), x], axis=1)
       x = x + pos.astype(x.dtype)
     x = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_pre")(x)
-    x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
-                ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
-                scan=self.scan, recompute_elementwise=self.recompute_elementwise,
-                dtype=self.dtype, name="encoder")(x)
-    pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    encoder = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
+                      ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
+                      scan=self.scan, recompute_elementwise=self.recompute_elementwise,
+                      last_block_pooled_only=self.last_block_pooled_only, dtype=self.dtype,
+                      name="encoder")
+    if self.pool == "cls":  # the class token's output only (Encoder.last_block_pooled_only)
+      pooled = encoder(x, pool_index=jnp.zeros((b,), jnp.int32))
+    else:
+      pooled = encoder(x).mean(axis=1)
     pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_post")(pooled)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)
 
