@@ -22,7 +22,9 @@ by default, so that the whole command, start-up and the last row included, takes
      TFLOP/s, MFU and the RankCLIP/CLIP step-time ratio (benchmarks/train_bench.py: the real
      jitted, sharded Trainer step on synthetic device batches; FLOPs from rankclip_jax/flops.py),
      and the ViT-B/16 RankCLIP step at batch 256 with FLIP patch dropout 0.25 and 0.5 against the
-     same step without it.
+     same step without it; then that step with per-layer blocks (where model.last_block_pooled_only
+     applies), with the model's defaults and with each of model.recompute_elementwise and
+     model.last_block_pooled_only switched off (both chosen on CPUs: is each worth keeping here?).
 The exit status is 0 when every part ran and the correctness checks passed.
 
 A machine that has only JAX, flax, optax and orbax-checkpoint (with their own dependencies,
@@ -94,6 +96,9 @@ class Settings:
   # image patches dropped, against the same step at 0.
   patch_dropouts: tuple = (0.25, 0.5)
   patch_dropout_at: tuple = ("B/16", 256)
+  # The same model and batch (remat off) with per-layer blocks: the defaults, then each of these
+  # boolean config.model fields set to False in turn, against the defaults.
+  model_switches: tuple = ("recompute_elementwise", "last_block_pooled_only")
   min_config_s: float = 25.0  # a training-throughput row is not started with less time left
 
 
@@ -102,6 +107,7 @@ TINY = Settings(check_n=64, dim=16, chunk=16, loss_sizes=(64,), largest_n_cap=12
                 repeats=1, train_steps=30, tiny_model=True, models=("micro",), batches=(8,),
                 remats=("",), dtype="float32", image_size=32, context=16, bench_steps=2,
                 patch_dropouts=(0.5,), patch_dropout_at=("micro", 8),
+                model_switches=("last_block_pooled_only",),
                 min_config_s=0.0)  # float32: XLA's CPU compiler takes twice as long for bf16
 
 
@@ -317,28 +323,36 @@ def train_throughput(section: dict, s: Settings, clock: Clock, deadline: float,
   section.update(dtype=s.dtype, image_size=s.image_size, context=s.context,
                  steps_timed=s.bench_steps, rows=rows, skipped=skipped)
   # Without remat first, the smaller batch first, then with remat: the rows that matter most come
-  # first when time runs out. The patch-dropout rows follow their model's no-dropout rows.
-  plan = []
+  # first when time runs out. The patch-dropout rows, then the per-layer rows with the model's
+  # defaults switched off one at a time, follow their model's no-dropout rows.
+  plan = []  # (remat, size, batch, patch dropout, objectives, scanned, the field switched off)
   for remat in s.remats:
     for batch in s.batches:
       for size in s.models:
-        plan.append((remat, size, batch, 0.0, ("clip", "rankclip")))
+        plan.append((remat, size, batch, 0.0, ("clip", "rankclip"), True, ""))
         if not remat and (size, batch) == tuple(s.patch_dropout_at):
-          plan += [(remat, size, batch, p, ("rankclip",)) for p in s.patch_dropouts]
-  times = {}  # (size, batch, remat, objective, patch dropout) -> ms per step
-  for remat, size, batch, dropout, objectives in plan:
+          plan += [(remat, size, batch, p, ("rankclip",), True, "") for p in s.patch_dropouts]
+          plan += [(remat, size, batch, 0.0, ("rankclip",), False, off)
+                   for off in ("",) + tuple(s.model_switches)]
+  times = {}  # (size, batch, remat, objective, patch dropout, scanned, switched off) -> ms per step
+  for remat, size, batch, dropout, objectives, scan, off in plan:
     for name in objectives:
       label = f"{size} batch {batch} {name} remat {remat or 'off'}"
       if dropout:
         label += f" patch dropout {dropout}"
+      if not scan:
+        label += " per-layer blocks" + (f", {off} off" if off else "")
       if not clock.fits(deadline, s.min_config_s):
         skipped.append(f"{label}: time budget")
         continue
       config = train_bench.make_config(size, batch, s.image_size, s.context, s.dtype,
-                                        name == "rankclip", remat, 0.0, scan=True,
+                                        name == "rankclip", remat, 0.0, scan=scan,
                                         patch_dropout=dropout)
+      if off:
+        config.model[off] = False
       row = {"model": size, "batch": batch, "objective": name, "remat": remat or "off",
-             "patch_dropout": dropout}
+             "patch_dropout": dropout, "layers": "scanned" if scan else "per layer",
+             "switched_off": off}
       try:
         row.update(train_bench.measure(config, s.bench_steps))  # its "loss": the last value
       except Exception as e:  # pylint: disable=broad-except  (one row fails, the others run)
@@ -349,11 +363,14 @@ def train_throughput(section: dict, s: Settings, clock: Clock, deadline: float,
       rows.append(row)
       if "ms_per_step" in row:
         key = (size, batch, remat)
-        times[key + (name, dropout)] = row["ms_per_step"]
-        if name == "rankclip" and not dropout and key + ("clip", 0.0) in times:
-          row["rankclip_over_clip"] = round(row["ms_per_step"] / times[key + ("clip", 0.0)], 3)
-        if dropout and key + (name, 0.0) in times:
-          row["over_no_dropout"] = round(row["ms_per_step"] / times[key + (name, 0.0)], 3)
+        times[key + (name, dropout, scan, off)] = row["ms_per_step"]
+        if name == "rankclip" and scan and not dropout and key + ("clip", 0.0, True, "") in times:
+          row["rankclip_over_clip"] = round(
+              row["ms_per_step"] / times[key + ("clip", 0.0, True, "")], 3)
+        if dropout and key + (name, 0.0, True, "") in times:
+          row["over_no_dropout"] = round(row["ms_per_step"] / times[key + (name, 0.0, True, "")], 3)
+        if off and key + (name, 0.0, False, "") in times:
+          row["over_defaults"] = round(row["ms_per_step"] / times[key + (name, 0.0, False, "")], 3)
       print(f"  train {label}: {row.get('examples_per_s', row.get('error'))}", flush=True)
       progress()
 

@@ -72,16 +72,18 @@ def markdown(report: dict) -> str:
   out += [f"- not run: {x}" for x in ls.get("skipped", [])] + [""]
   tt = parts.get("train_throughput", {})
   out += ["## 3. Training throughput", "",
-          f"{tt.get('dtype')}, image {tt.get('image_size')}, context {tt.get('context')}, scanned "
-          f"layers, {tt.get('steps_timed')} timed steps after compile + 2; MFU against "
+          f"{tt.get('dtype')}, image {tt.get('image_size')}, context {tt.get('context')}, "
+          f"{tt.get('steps_timed')} timed steps after compile + 2; MFU against "
           "rankclip_jax/flops.py's peak for the device (none on CPU).", ""]
   out += status("train_throughput")
   out += _table(tt.get("rows", []), [
       ("model", "model"), ("batch", "batch"), ("loss", "objective"), ("remat", "remat"),
-      ("patch dropout", "patch_dropout"), ("ms/step", "ms_per_step"),
+      ("patch dropout", "patch_dropout"), ("layers", "layers"), ("switched off", "switched_off"),
+      ("ms/step", "ms_per_step"),
       ("examples/s", "examples_per_s"), ("TFLOP/s", "tflops"),
       ("MFU", "mfu"), ("RankCLIP/CLIP step", "rankclip_over_clip"),
       ("step / no-dropout step", "over_no_dropout"),
+      ("step / the defaults' step", "over_defaults"),
       ("compile s", "compile_s"), ("temp MiB", "temp_mib"), ("error", "error")])
   out += [""] + [f"- not run: {x}" for x in tt.get("skipped", [])]
   return "\n".join(out).rstrip() + "\n"

@@ -120,8 +120,12 @@ class Trainer(ModelSetup):
     neither sharded nor chunked), traced and lowered but not compiled. The analysis of the step as
     configured would count a loop body once (scanned layers, GradCache's micro-batch loop, loss
     chunks), a shard_map body once for all devices, and recomputation as work; MFU counts each
-    multiply-add of the model once."""
+    multiply-add of the model once. The plain step of a scanned model computes every token of its
+    last blocks, as the scanned step does (model.last_block_pooled_only applies to per-layer
+    blocks only)."""
     plain = self.config.copy_and_resolve_references()
+    if plain.model.scan_layers:  # a scanned stack computes every token of its last block
+      plain.model.last_block_pooled_only = False
     plain.model.scan_layers = False
     plain.model.remat = False
     plain.loss.strategy = "plain"

@@ -68,15 +68,21 @@ def test_tiny_check_without_tensorflow(tmp_path, no_tensorflow):
   assert scale["largest_n"] == {"plain": {"n": 128, "next": 256, "because": "cap"},
                                 "chunked": {"n": 128, "next": 256, "because": "cap"}}
 
-  # 3. A CLIP and a RankCLIP step, their ratio; RankCLIP with half the patches dropped.
+  # 3. A CLIP and a RankCLIP step, their ratio; RankCLIP with half the patches dropped; RankCLIP
+  # with per-layer blocks, the model's defaults and last_block_pooled_only off.
   steps = parts["train_throughput"]["rows"]
-  assert [(r["objective"], r["patch_dropout"]) for r in steps] == [
-      ("clip", 0.0), ("rankclip", 0.0), ("rankclip", 0.5)]
+  assert [(r["objective"], r["patch_dropout"], r["layers"], r["switched_off"]) for r in steps] == [
+      ("clip", 0.0, "scanned", ""), ("rankclip", 0.0, "scanned", ""),
+      ("rankclip", 0.5, "scanned", ""), ("rankclip", 0.0, "per layer", ""),
+      ("rankclip", 0.0, "per layer", "last_block_pooled_only")]
   assert all(r["examples_per_s"] > 0 and r["tflops"] > 0 for r in steps)
   assert steps[1]["rankclip_over_clip"] > 0 and "rankclip_over_clip" not in steps[2]
   assert steps[2]["over_no_dropout"] > 0
-  assert steps[2]["tflops"] / steps[2]["examples_per_s"] < steps[1]["tflops"] / steps[1][
-      "examples_per_s"]  # fewer FLOPs per example: the dropped patches are not computed
+  flops_per_example = [r["tflops"] / r["examples_per_s"] for r in steps]
+  assert flops_per_example[2] < flops_per_example[1]  # the dropped patches are not computed
+  assert flops_per_example[4] > flops_per_example[3]  # every token of the last blocks computed
+  assert steps[4]["over_defaults"] > 0 and "over_defaults" not in steps[3]
+  assert "rankclip_over_clip" not in steps[3]
 
   # The Markdown report shows each part.
   for heading in ("## 1. Correctness", "## 2. The loss at scale", "## 3. Training throughput"):

@@ -355,15 +355,20 @@ def test_throughput_mfu_and_profile_are_logged(tmp_path):
   # XLA's analysis of the step as configured counts a loop body once (scanned layers, GradCache's
   # micro-batch loop), a shard_map body (the sharded loss) once for all devices, and
   # rematerialisation as work: the trainer takes the model FLOPs from the plain step instead.
-  for overrides, naive_vs_model in (({"model.scan_layers": True}, lambda f: f < 0.9 * f1),
-                                    ({"microbatches": 2}, lambda f: f < 0.9 * f1),
-                                    ({"model.remat": True}, lambda f: f > 1.05 * f1),
-                                    ({"loss.strategy": "sharded"}, lambda f: f < f1)):
+  # A scanned stack computes every token of its last block (model.last_block_pooled_only applies
+  # to per-layer blocks only): its model FLOPs are those of the per-layer step without it.
+  every_token = train.Trainer(micro_config(**{"model.last_block_pooled_only": False})).step_flops()
+  assert every_token > 1.05 * f1
+  for overrides, naive_vs_model, want in (
+      ({"model.scan_layers": True}, lambda f: f < 0.9 * every_token, every_token),
+      ({"microbatches": 2}, lambda f: f < 0.9 * f1, f1),
+      ({"model.remat": True}, lambda f: f > 1.05 * f1, f1),
+      ({"loss.strategy": "sharded"}, lambda f: f < f1, f1)):
     variant = train.Trainer(micro_config(**overrides))
     naive = flops.step_flops(variant.train_step, variant.abstract_state_with_shardings(),
                              variant.abstract_batch())
     assert naive_vs_model(naive), (overrides, naive, f1)
-    assert variant.step_flops() == f1, overrides
+    assert variant.step_flops() == want, overrides
   assert flops.peak_flops_per_device("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
   assert flops.peak_flops_per_device("NVIDIA H100 PCIe", "bfloat16") == 756e12
   assert flops.peak_flops_per_device("TPU v5 lite", "float32") == 197e12
