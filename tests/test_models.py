@@ -177,6 +177,15 @@ def micro_pair_grads(micro):
   return _pair_grads(model, params)
 
 
+def _assert_same_pair_grads(model, params, reference):
+  """`model`'s _pair_loss and gradients equal `reference` (a micro_pair_grads) up to float round-off
+  (XLA fuses and orders the ops of another formulation differently; gradients here are O(1)-O(10))."""
+  want, want_g = reference
+  got, got_g = _pair_grads(model, params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+
+
 def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads):
   """model.remat_policy: every block is rematerialised with the named jax.checkpoint_policies
   policy, per layer and inside the scan; the value and gradients are those without remat (scanned,
@@ -184,7 +193,6 @@ def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads
   from rankclip_jax.models.transformer import REMAT_POLICIES, with_layer_layout
   model, params = micro
   stacked = with_layer_layout(params, scanned=True)
-  want, want_g = micro_pair_grads
   # Without model.remat, only each block's elementwise recomputation (model.recompute_elementwise,
   # on by default: both LayerNorms and the MLP's activation, no policy) is rematerialised.
   plain = _remat_policies(jax.make_jaxpr(lambda p: _pair_loss(model, p))(params).jaxpr)
@@ -201,9 +209,7 @@ def test_remat_policies_are_applied_and_keep_the_numbers(micro, micro_pair_grads
   # The numbers, for the policy between the extremes (JAX's remat is exact whatever it keeps).
   remat = TwoTowers(SIZES["micro"], context_length=8, remat=True,
                     remat_policy="dots_with_no_batch_dims_saveable")
-  got, got_g = _pair_grads(remat, params)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  _assert_same_pair_grads(remat, params, micro_pair_grads)
   with pytest.raises(ValueError, match="rematerialisation policy 'dots'"):
     TwoTowers(SIZES["micro"], context_length=8, remat=True, remat_policy="dots").init(
         jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 8), jnp.int32))
@@ -288,12 +294,9 @@ def test_recomputed_norms_and_activations_keep_the_numbers_in_less_memory(micro,
   less working memory, per layer and inside the scan."""
   from rankclip_jax.models.transformer import with_layer_layout
   _, params = micro
-  want, want_g = micro_pair_grads
+  # XLA fuses the recomputed ops into other kernels (as for model.remat).
   kept = TwoTowers(SIZES["micro"], context_length=8, recompute_elementwise=False)
-  got, got_g = _pair_grads(kept, params)
-  # Up to float round-off: XLA fuses the recomputed ops into other kernels (as for model.remat).
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  _assert_same_pair_grads(kept, params, micro_pair_grads)
   for scan, p in ((False, params), (True, with_layer_layout(params, scanned=True))):
     temp = {}
     for recompute in (True, False):
@@ -310,11 +313,8 @@ def test_the_last_block_computes_only_the_pooled_token(micro, micro_pair_grads):
   fewer FLOPs; with pool="gap" the image tower computes every token as before."""
   from rankclip_jax.flops import step_flops
   model, params = micro
-  want, want_g = micro_pair_grads
   full = TwoTowers(SIZES["micro"], context_length=8, last_block_pooled_only=False)
-  got, got_g = _pair_grads(full, params)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  _assert_same_pair_grads(full, params, micro_pair_grads)
   # The end-of-text token at the start, in the middle, last, and missing (the last position).
   txt = tokens([[SOT_ID, EOT_ID, 5, 6], [SOT_ID, 320, 736, EOT_ID], [SOT_ID] + [320] * 6 + [EOT_ID],
                 [SOT_ID] + [736] * 7])
