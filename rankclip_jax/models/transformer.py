@@ -245,12 +245,13 @@ class Encoder(nn.Module):
       scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,), length=self.depth)
       x, _ = scanned(**kw, name="blocks")(x, mask)
-      return x if pool_index is None else take_tokens(x, pool_index)[:, 0]
-    block_cls = nn.remat(EncoderBlock, policy=policy) if self.remat else EncoderBlock
-    pruned = pool_index is not None and self.last_block_pooled_only and self.depth > 0
-    for i in range(self.depth):
-      query_index = pool_index if pruned and i == self.depth - 1 else None
-      x = block_cls(**kw, name=f"block_{i}")(x, mask, query_index)
+      pruned = False
+    else:
+      block_cls = nn.remat(EncoderBlock, policy=policy) if self.remat else EncoderBlock
+      pruned = pool_index is not None and self.last_block_pooled_only and self.depth > 0
+      for i in range(self.depth):
+        query_index = pool_index if pruned and i == self.depth - 1 else None
+        x = block_cls(**kw, name=f"block_{i}")(x, mask, query_index)
     if pool_index is None:
       return x
     return x[:, 0] if pruned else take_tokens(x, pool_index)[:, 0]
