@@ -95,7 +95,8 @@ def categorise(op_name: str) -> tuple[str, str, str]:
     tower = "text"
   elif re.search(r"loss|objective|shard_map|plackett|all_gather|psum", op_name):
     tower = "loss"
-  elif re.search(r"cond/branch|adam|update|apply_if_finite|global_norm|is_finite|clip", op_name):
+  elif re.search(r"optimizer/|cond/branch|adam|update|apply_if_finite|global_norm|is_finite|clip",
+                 op_name):
     tower = "optimizer"
   else:
     tower = "other (copies, select, bookkeeping)"

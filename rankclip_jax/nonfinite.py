@@ -1,5 +1,5 @@
 """Non-finite steps: a step whose loss or gradient is NaN or inf is skipped by the optimizer
-(optim.py: optax.apply_if_finite; parameters and optimizer state unchanged, the step counter moves
+(optim.skip_nonfinite; parameters and optimizer state unchanged, the step counter moves
 on), logged here with its step, and `max_in_a_row` of them in a row stop the run.
 
 Each step's counters are read one step late, when the device has finished it and is already

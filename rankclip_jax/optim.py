@@ -3,7 +3,7 @@
 AdamW with linear warmup then cosine decay; no weight decay on parameters whose path matches
 config.optim.no_decay_regex (LayerNorm scales and biases, every bias, the logit scale, position
 embeddings and the class token by default); optional global-norm gradient clipping. The whole is
-wrapped in optax.apply_if_finite: a gradient with a NaN or inf is not applied (parameters and the
+wrapped in `skip_nonfinite`: a gradient with a NaN or inf is not applied (parameters and the
 inner optimizer state stay as they were) and counted (nonfinite_counts).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from rankclip_jax.sharding import path_str
@@ -66,12 +67,49 @@ def make_optimizer(optim_config, total_steps: int):
     label = lambda p: jax.tree.map(lambda f: "frozen" if f else "trained",  # pylint: disable=g-long-lambda
                                    frozen_mask(p, freeze_regex))
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, label)
-  # Never give up and apply a non-finite update: the trainer stops the run instead
-  # (config.max_nonfinite_steps).
-  return optax.apply_if_finite(tx, max_consecutive_errors=NEVER), schedule
+  return skip_nonfinite(tx), schedule
 
 
-NEVER = 2 ** 31 - 1  # optax's counter saturates at the int32 maximum, so it is never exceeded
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner`, except that a gradient with a NaN or an inf anywhere is not applied: the updates are
+  zero and the inner state stays as it was; such steps are counted (nonfinite_counts). It never
+  gives up and applies a non-finite update: the trainer stops the run instead
+  (config.max_nonfinite_steps).
+
+  What optax.apply_if_finite does with max_consecutive_errors never reached, and its state
+  (optax.ApplyIfFiniteState, so checkpoints of either restore into the other), computed in less:
+  - one test for the whole gradient, "its global norm is finite" (a NaN or inf in any leaf makes
+    it so), instead of one reduction per leaf. That norm is the one global-norm clipping and the
+    logged grad_norm compute, so XLA computes it once for all three. It also calls a gradient
+    non-finite when its squared norm overflows float32 (a norm above ~1.8e19), which clipping
+    could not have rescued anyway (it would scale every entry to zero).
+  - the inner update is computed and then selected, not branched on (lax.cond): XLA keeps both
+    branches of a cond apart from the code around them, so the update could not be fused with its
+    application to the parameters. A micro model's train step compiles to ~300 kernels fewer.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True, jnp.bool_),
+        total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None, **extra_args):
+    finite = jnp.isfinite(optax.tree.norm(updates))
+    new_updates, new_inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+    # A step that is not applied gives zero updates; `where`, not a multiplication, so that the
+    # NaNs of a rejected update do not leak into the parameters.
+    new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
+    new_inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner_state,
+                                   state.inner_state)
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
+        last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite,
+                                  optax.safe_increment(state.total_notfinite)),
+        inner_state=new_inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def nonfinite_counts(opt_state) -> tuple[jax.Array, jax.Array]:

@@ -180,21 +180,23 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   if freeze_regex:  # frozen parameters: no gradient, so XLA drops their backward pass
     grads = jax.tree.map(lambda g, frozen: jnp.zeros_like(g) if frozen else g, grads,
                          optim.frozen_mask(grads, freeze_regex))
-  # A non-finite loss makes the gradient non-finite, so that the optimizer's apply_if_finite skips
-  # the step even when the gradient happened to stay finite. apply_if_finite checks every leaf of
-  # the gradient it is given (frozen ones too), so one poisoned leaf is enough: a select over the
-  # whole gradient cost ~2-6% of a small model's step on CPU (docs/benchmarks.md).
+  # A non-finite loss makes the gradient non-finite, so that the optimizer (optim.skip_nonfinite)
+  # skips the step even when the gradient happened to stay finite. It tests the global norm of the
+  # whole gradient it is given (frozen leaves too), so one poisoned leaf is enough: a select over
+  # the whole gradient cost ~2-6% of a small model's step on CPU (docs/benchmarks.md).
   grads = dict(grads, logit_scale=jnp.where(jnp.isfinite(loss), grads["logit_scale"], jnp.nan))
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  with jax.named_scope("optimizer"):  # names its kernels in profiles (benchmarks/step_profile.py)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
   # CLIP clamps the logit scale's parameter (not only its use) so it can come back down.
   params = dict(params, logit_scale=clamp_logit_scale(params["logit_scale"], LOGIT_SCALE_MAX))
   in_a_row, skipped_steps = optim.nonfinite_counts(opt_state)
   # A skipped step (non-finite) changes nothing: the loss state stays as it was too.
   loss_state = jax.tree.map(lambda new, old: jnp.where(in_a_row == 0, new, old), loss_state,
                             state.loss_state)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step),
-                 param_norm=optax.global_norm(params), nonfinite_in_a_row=in_a_row,
+  # optax.tree.norm as in optim.skip_nonfinite and optax's clipping: XLA computes the norm once.
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step),
+                 param_norm=optax.tree.norm(params), nonfinite_in_a_row=in_a_row,
                  skipped_nonfinite_steps=skipped_steps)
   data_skipped = state.data_skipped + jnp.sum(batch["skipped"], axis=0, dtype=jnp.int32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,

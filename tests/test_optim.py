@@ -214,3 +214,42 @@ def test_frozen_subtree_is_bit_identical_and_the_rest_trains():
   state_size = sum(np.size(x) for x in jax.tree.leaves(state.opt_state)
                    if jnp.issubdtype(x.dtype, jnp.floating))
   assert state_size == 2 * trained_size
+
+
+def test_skip_nonfinite_is_optax_apply_if_finite_in_one_norm():
+  """optim.skip_nonfinite against optax.apply_if_finite (never giving up) on a small tree, step by
+  step through finite, NaN and inf gradients: the same updates, the same state (same structure,
+  so checkpoints of either restore into the other), the same counters. And what the global-norm
+  test adds: a finite gradient whose squared norm overflows float32 is skipped too."""
+  inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2, weight_decay=0.1))
+  ours, theirs = optim.skip_nonfinite(inner), optax.apply_if_finite(inner, 2 ** 31 - 1)
+  params = {"a": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.ones(4), "d": jnp.zeros(())}}
+  state_ours, state_theirs = ours.init(params), theirs.init(params)
+  assert jax.tree.structure(state_ours) == jax.tree.structure(state_theirs)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def update(tx, grads, state, params):
+    return tx.update(grads, state, params)
+
+  rng = np.random.default_rng(0)
+  # (leaf index, value written into its first entry) or None for a finite step.
+  poisons = [None, (0, np.nan), None, (1, np.inf), (2, -np.inf), None, (1, np.nan)]
+  for poison in poisons:
+    grads = [rng.normal(size=p.shape).astype(np.float32) for p in jax.tree.leaves(params)]
+    if poison:
+      grads[poison[0]].reshape(-1)[0] = poison[1]
+    grads = jax.tree.unflatten(jax.tree.structure(params), grads)
+    u_ours, state_ours = update(ours, grads, state_ours, params)
+    u_theirs, state_theirs = update(theirs, grads, state_theirs, params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+                 (u_ours, state_ours), (u_theirs, state_theirs))
+    assert bool(state_ours.last_finite) == (poison is None)
+    if poison:
+      assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(u_ours))
+    params = optax.apply_updates(params, u_ours)
+  assert int(state_ours.total_notfinite) == 4 and int(state_ours.notfinite_count) == 1
+
+  huge = jax.tree.map(lambda p: jnp.full(p.shape, 3e19, jnp.float32), params)
+  u, state = update(ours, huge, state_ours, params)
+  assert not bool(state.last_finite) and int(state.total_notfinite) == 5
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(u))
