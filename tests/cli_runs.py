@@ -36,9 +36,17 @@ def train_cmd(workdir, total_steps=REFERENCE_STEPS, extra=()):
               f"--config.evals.{e}.num_examples=16" for e in EVALS] + list(extra)
 
 
+def xla_flags(devices=None):
+  """XLA_FLAGS for a process a test starts: the suite's compile-time flags (conftest.py) and, given
+  a count, that many CPU devices."""
+  flags = [os.environ.get("RANKCLIP_JAX_TEST_XLA_FLAGS", "")]
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return " ".join(f for f in flags if f)
+
+
 def env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu")
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
 
 
 def free_port():

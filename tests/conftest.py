@@ -2,8 +2,23 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# XLA CPU's older fusion emitters (one LLVM function per fusion; the newer ones run an MLIR pass
+# pipeline for each): a micro train step compiles in ~0.6x the time and runs ~10% slower (demo
+# step, full optimisations; docs/benchmarks.md, "2026-12-05"). The suite compiles far more than it
+# runs, so its tests and every process they start use them (tests/cli_runs.py xla_flags). An XLA
+# flag that a jaxlib does not know aborts the process, so the controller tries it in a subprocess
+# first; pytest-xdist's workers inherit the verdict. `RANKCLIP_JAX_TEST_XLA_FLAGS= pytest ...`
+# runs the suite with XLA's default emitters (whatever that variable holds is used as given).
+_SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if "RANKCLIP_JAX_TEST_XLA_FLAGS" not in os.environ:
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  _probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], capture_output=True,
+                          env=dict(os.environ, XLA_FLAGS=_SUITE_XLA_FLAGS, JAX_PLATFORMS="cpu"))
+  os.environ["RANKCLIP_JAX_TEST_XLA_FLAGS"] = _SUITE_XLA_FLAGS if _probe.returncode == 0 else ""
+for _flag in (os.environ["RANKCLIP_JAX_TEST_XLA_FLAGS"], "--xla_force_host_platform_device_count=8"):
+  if _flag and _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 # The suite's models are micro-sized, so nearly all of its time is XLA compiling them (a micro
 # train step on 8 devices: ~18 s to compile, ~0.1 s to run, on a 2-core VM). JAX's "disable most
 # optimizations" (LLVM at level 0, its expensive passes off; XLA's HLO passes, fusion, sharding

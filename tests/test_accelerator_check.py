@@ -11,12 +11,14 @@ import sys
 
 import pytest
 
+from tests.cli_runs import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(out, *extra, env_extra=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2", **(env_extra or {}))
+             XLA_FLAGS=xla_flags(2), **(env_extra or {}))
   proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", "--tiny", "--out",
                          str(out), *extra], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=600)

@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 
+from tests.cli_runs import xla_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_loss_bench_runs_on_cpu_with_every_strategy():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.loss_bench", "--sizes", "64", "--dim", "16",
        "--chunk", "16", "--repeats", "1", "--model_step", "micro", "--model_dtype", "float32"],
@@ -59,7 +60,7 @@ def test_train_bench_runs_rankclip_and_clip_steps():
       [sys.executable, "-m", "benchmarks.train_bench", "--sizes", "micro", "--batches", "8",
        "--image_size", "32", "--context", "16", "--steps", "1", "--dtype", "float32",
        "--peak_tflops", "1", "--scan", "--remat", "dots_with_no_batch_dims_saveable"],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""), capture_output=True,
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags()), capture_output=True,
       text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| micro ")]

@@ -19,6 +19,7 @@ from rankclip_jax.data.webdataset import ShardError, WebDatasetSource, scan_tar
 from rankclip_jax.data import records
 
 import data_fixtures as F
+from tests.cli_runs import xla_flags
 
 
 # ---------------------------------------------------------------------------------------- paths
@@ -372,7 +373,7 @@ def test_main_reports_a_bad_data_path_in_one_line_before_any_work(tmp_path):
        f"--config={os.path.join(repo, 'configs/rankclip_cc3m.py')}:none",
        f"--workdir={tmp_path / 'run'}", f"--config.data.train.path={tmp_path}/{{00000..00003}}.tar"],
       cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+      env=dict(os.environ, XLA_FLAGS=xla_flags(1)))
   assert proc.returncode != 0
   assert f"Error: config.data.train.path='{tmp_path}/{{00000..00003}}.tar'" in proc.stderr
   assert "00000.tar does not exist" in proc.stderr and "Traceback" not in proc.stderr

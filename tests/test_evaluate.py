@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rankclip_jax.evaluation import diagnostics as D
+from tests.cli_runs import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +87,7 @@ def test_standalone_evaluation_reproduces_the_runs_final_results(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "rankclip_jax.evaluate", f"--workdir={workdir}"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+      env=dict(os.environ, XLA_FLAGS=xla_flags(2)))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"Evaluation of {workdir} at step 4:" in proc.stdout
   assert "| zs_shape/top1 |" in proc.stdout and "| diagnostics/modality_gap |" in proc.stdout
