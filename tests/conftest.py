@@ -70,14 +70,16 @@ def optimized_xla():
   yield
   jax.config.update("jax_disable_most_optimizations", before)
 
-# The longest modules first (seconds of work each, measured with -n 2 on the 2-core VM: test_train
-# ~470, test_multihost ~250, test_open_clip ~190, test_benchmarks ~130, test_evaluate ~90,
-# test_sweep ~90, test_pcclip ~80, then ~60 each), so that with pytest-xdist no long module starts last and runs
-# alone at the end; the rest (under 30 s each) keep their order.
-_LONGEST_FIRST = ("test_train", "test_multihost", "test_open_clip", "test_benchmarks",
-                  "test_accelerator_check", "test_evaluate", "test_sweep", "test_alip",
-                  "test_pcclip", "test_models", "test_data_sources", "test_loss_strategies",
-                  "test_patch_dropout", "test_inference")
+# The longest modules first (seconds of work each, measured with -n 2 on a 2-vCPU Intel VM on
+# 2026-12-05: test_train ~165, test_multihost ~130, test_open_clip ~85, test_accelerator_check and
+# test_pcclip ~55, test_sweep and test_data_sources ~45, then ~40-30 each), so that with
+# pytest-xdist no long module starts last and runs alone at the end; the rest (under 20 s each)
+# keep their order.
+_LONGEST_FIRST = ("test_train", "test_multihost", "test_open_clip", "test_accelerator_check",
+                  "test_pcclip", "test_sweep", "test_data_sources", "test_benchmarks",
+                  "test_models", "test_evaluate", "test_nonfinite", "test_alip",
+                  "test_checkpoint_faults", "test_loss_strategies", "test_patch_dropout",
+                  "test_inference")
 
 
 def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument

@@ -90,7 +90,8 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path, monkeypatch):
 def test_a_non_finite_loss_with_a_finite_gradient_is_skipped_too():
   """A loss of +inf whose gradient is finite (the infinity is a constant of the parameters) is
   still a skipped step: the train step poisons one gradient leaf, the logit scale's, and the
-  optimizer's check covers every leaf, frozen ones included (here the logit scale is frozen)."""
+  optimizer's check (the gradient's global norm) covers every leaf, frozen ones included (here the
+  logit scale is frozen)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rankclip_jax import step as step_lib  # pylint: disable=g-import-not-at-top

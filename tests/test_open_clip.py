@@ -207,10 +207,12 @@ def test_b16_and_l14_state_dicts_map_onto_our_towers(reference, name, size):
   assert (jax.tree.structure(converted) == jax.tree.structure(want["params"]) and
           jax.tree.leaves(jax.tree.map(np.shape, converted)) ==
           jax.tree.leaves(jax.tree.map(lambda x: x.shape, want["params"])))
-  # ... and back, to the very same keys and shapes.
+  # ... and back, to the very same keys and shapes; from a scan_layers run's layout too (the same
+  # code at every size: at B/16 only, L/14's stacked blocks would be 1.2 GB of copies).
   back = oc.from_flax(converted)
-  scanned_back = oc.from_flax(with_layer_layout(converted, scanned=True))  # a scan_layers run
-  assert all(np.array_equal(scanned_back[k], back[k]) for k in back)
+  if name == "b16":
+    scanned_back = oc.from_flax(with_layer_layout(converted, scanned=True))
+    assert all(np.array_equal(scanned_back[k], back[k]) for k in back)
   assert {k: list(v.shape) for k, v in back.items()} == {
       k: v for k, v in shapes.items() if k != "attn_mask"}
 
