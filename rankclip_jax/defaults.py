@@ -166,10 +166,15 @@ def data_source(kind: str = "synthetic", **fields) -> ml_collections.ConfigDict:
     as an empty caption.
   captioner_error: synthetic only, for ALIP: the share of attributes the embedded scenes'
     "captioner" gets wrong (see data/synthetic/captioner.py).
+  max_unreadable_shard_fraction: webdataset only: shards damaged before their first member are
+    skipped (counted, named in the log) until more than this share of all shards is; then the run
+    stops at start-up. 0.1: a wrong path or a mostly broken corpus stops, while the few bad shards
+    of a web corpus (well under 1%) do not (data/webdataset.py).
   The synthetic fields (split, num_records, ...) are described in synthetic_source.
   """
   c = ml_collections.ConfigDict(dict(
       kind=kind, path="", image_key="", caption_key="", delimiter="", synthetic_caption_key="",
+      max_unreadable_shard_fraction=0.1,
       split="train", num_records=1_000_000, min_objects=1, max_objects=3, caption_mode="random",
       monochrome_fraction=0.0, captioner_error=0.2))
   c.update(fields)

@@ -155,3 +155,75 @@ def write_csv(directory: str, *, num_good: int = 40, image_size: int = 40, seed:
       writer.writerow([int(j), *rows[j]])
   kinds = ("missing_file", "unreadable_image", "unreadable_image", "empty_caption")
   return {"path": path, "good": good, "bad": {rel: k for (rel, _), k in zip(bad, kinds)}}
+
+
+# ----------------------------------------------------------------------------- damaged tar shards
+
+def tar_bytes(members, fmt=tarfile.GNU_FORMAT) -> bytes:
+  """A tar archive of [(name, data)] in order, written by Python's tarfile (as img2dataset's writer
+  does): GNU long names, ustar prefixes or pax headers as `fmt` needs them for long names."""
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+    for name, payload in members:
+      _add(tar, name, payload)
+  return buf.getvalue()
+
+
+def tar_layout(data: bytes) -> list[tarfile.TarInfo]:
+  """tarfile's members of an archive: `offset` is a member's first header (its GNU long name or
+  pax header, if it has one), `offset_data - 512` its own header, `offset_data` its data."""
+  with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+    return tar.getmembers()
+
+
+def end_marker(data: bytes) -> int:
+  """Where an archive's end-of-archive marker (its first zero block) starts."""
+  last = tar_layout(data)[-1]
+  return last.offset_data + (last.size + 511) // 512 * 512
+
+
+def with_header_field(data: bytes, header: int, start: int, end: int, value: bytes,
+                      fix_checksum: bool = True) -> bytes:
+  """`data` with bytes [start, end) of the header block at offset `header` set to `value` (padded
+  with NULs), and that header's checksum recomputed (unless fix_checksum=False)."""
+  assert len(value) <= end - start
+  block = bytearray(data[header:header + 512])
+  block[start:end] = value.ljust(end - start, b"\0")
+  if fix_checksum:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+  return data[:header] + bytes(block) + data[header + 512:]
+
+
+def damaged_shards(good_path: str, directory: str) -> dict[str, str]:
+  """Damaged copies of a good shard (write_tar_shards') that a reader must survive, in
+  `directory` as `<kind>.tar`; returns {kind: path}:
+
+  not_a_tar: text; cut_at_header: cut exactly at the header of its middle member (no end-of-archive
+  marker); negative_size: the middle member's size set to -512 in octal; bad_pax: a pax-format
+  copy (members under a long directory name, so each has a pax header) whose middle member's pax
+  record has length 0.
+  """
+  os.makedirs(directory, exist_ok=True)
+  data = open(good_path, "rb").read()
+  layout = tar_layout(data)
+  middle = layout[len(layout) // 2]
+  long_dir = "d" * 120 + "/"
+  with tarfile.open(good_path) as tar:
+    members = [(long_dir + m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+  pax = tar_bytes(members, tarfile.PAX_FORMAT)
+  start = tar_layout(pax)[len(layout) // 2].offset + 512  # its pax header's data: one record
+  digits = pax.index(b" ", start) - start
+  assert pax[start + digits:start + digits + 6] == b" path="
+  shards = {
+      "not_a_tar": b"<html><body>404 Not Found</body></html>\n" * 30,
+      "cut_at_header": data[:middle.offset],
+      "negative_size": with_header_field(data, middle.offset_data - 512, 124, 136, b"-0001000"),
+      "bad_pax": pax[:start] + b"0" * digits + pax[start + digits:],
+  }
+  paths = {}
+  for kind, payload in shards.items():
+    paths[kind] = os.path.join(directory, f"{kind}.tar")
+    with open(paths[kind], "wb") as f:
+      f.write(payload)
+  return paths

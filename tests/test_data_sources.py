@@ -93,7 +93,7 @@ def test_cut_short_tar_keeps_what_came_before_and_bad_files_are_named(tmp_path):
   with open(cut, "wb") as f:
     f.write(data[:offset + size // 2])  # cut inside a member's data
   members, problem = scan_tar(cut)
-  assert "cut short" in problem and len(members) > 3
+  assert "cut short" in str(problem) and len(members) > 3
   src = WebDatasetSource(cut)
   records = [src[i] for i in range(len(src))]
   assert sum("image_bytes" in r for r in records) >= 2
@@ -138,9 +138,10 @@ def test_many_shards_are_indexed_in_processes_the_same_as_serially(tmp_path):
   shards = expand_paths(fx["pattern"], suffixes=(".tar",))
   serial = index_shards(shards, ("jpg", "png"), ("txt",), processes=1)
   pooled = index_shards(shards, ("jpg", "png"), ("txt",), processes=2)
-  assert sum(len(p) for p in serial) == 20
+  assert sum(len(p.rows) for p in serial) == 20
   for a, b in zip(serial, pooled):
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    assert a.damage == b.damage is None and a.members == b.members
 
 
 def test_webdataset_without_matching_members_says_which_extensions(tmp_path):
@@ -335,25 +336,56 @@ def test_training_from_csv_counts_skips_in_metrics_and_checkpoint(tmp_path):
   assert _logged_skips(str(tmp_path / "run")) == expected
 
 
-def test_interrupted_training_on_tar_shards_resumes_where_it_stopped(tmp_path):
-  """Stopped after step 2 (like a kill), restarted to step 4: the data position comes back with
-  the checkpoint, so the run ends with the parameters of 4 uninterrupted steps (a repeated or
-  skipped stretch of data would change them) and the same skip counts; batch-level equality is
-  checked above."""
+def _mixed_tar_corpus(tmp_path):
+  """Three good shards plus four damaged ones (data_fixtures.damaged_shards: not a tar, cut at a
+  header boundary, a negative size, a pax record of length 0) in one directory: the source, the
+  skip kind of each index position, and the damaged shards' paths."""
+  fx = F.write_tar_shards(str(tmp_path / "tars"), num_good=24, num_shards=3)
+  damaged = F.damaged_shards(str(tmp_path / "tars/00000.tar"), str(tmp_path / "tars"))
+  src = WebDatasetSource(str(tmp_path / "tars"), max_unreadable_shard_fraction=0.2)
+  assert src.shard_damage == {"not_a_tar": 1, "truncated": 1, "corrupt_header": 2}
+  kinds = {}
+  for i, row in enumerate(src.index):
+    key = row["key"].decode().rsplit("/", 1)[-1]  # the pax copy's keys are under a long folder
+    kinds[i] = SKIP_KINDS[row["kind"] - 1] if row["kind"] else fx["bad"].get(key)
+  return src, kinds, damaged
+
+
+def test_interrupted_training_on_damaged_tar_shards_resumes_where_it_stopped(tmp_path):
+  """A corpus of good and damaged shards, trained in-process, stopped after step 2 (like a kill)
+  and resumed to step 4 by `python main.py`: the run trains to the end and names each damaged
+  shard once in its log; the damaged shards' remains count as broken_member skips, exactly, in
+  the metrics and the checkpoint; and the data position comes back with the checkpoint, so the run
+  ends with the parameters of 4 uninterrupted steps (a repeated or skipped stretch of data would
+  change them). Batch-level equality is checked above."""
+  import subprocess
+  import sys
   import jax
   from rankclip_jax import train
   from test_train import _run_steps
-  src, kinds = _make("webdataset", tmp_path)
-  path = src.shards[0].replace("00000.tar", "{00000..00002}.tar")
-  config = _real_data_config("webdataset", path)
+  src, kinds, damaged = _mixed_tar_corpus(tmp_path)
+  path = str(tmp_path / "tars")
+  overrides = {"data.train.max_unreadable_shard_fraction": 0.2}
+  config = _real_data_config("webdataset", path, **overrides)
   workdir = str(tmp_path / "run")
-  _run_steps(_real_data_config("webdataset", path), workdir, stop_after=2)
+  _run_steps(_real_data_config("webdataset", path, **overrides), workdir, stop_after=2)
   assert _final_state(config, workdir)[0] == 2
-  train.train_and_evaluate(config, workdir)
+  tests = os.path.dirname(os.path.abspath(__file__))
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      f"import sys\nsys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\n"
+      "from test_data_sources import _real_data_config\n\n\ndef get_config():\n"
+      f"  return _real_data_config('webdataset', {path!r}, **{overrides!r})\n")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(tests), "main.py"), f"--config={config_file}",
+       f"--workdir={workdir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  for kind, shard in damaged.items():
+    assert sum(f"Tar shard {shard}" in line for line in proc.stderr.splitlines()) == 1, kind
   step, state = _final_state(config, workdir)
   assert step == 4
   expected = _expected_skips(kinds, len(src), seed=config.seed, good_wanted=4 * 16)
-  assert sum(expected.values()) > 0
+  assert expected["broken_member"] > 0 and expected["unreadable_image"] > 0
   assert records.skip_counts(state.data_skipped) == expected
   assert _logged_skips(workdir) == expected
   train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))

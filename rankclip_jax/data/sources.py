@@ -19,7 +19,8 @@ from typing import Any, Callable
 from rankclip_jax.data import pairs, pipeline, synthetic
 from rankclip_jax.data.csv_files import CsvSource
 from rankclip_jax.data.files import DataPathError, expand_paths
-from rankclip_jax.data.webdataset import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS, WebDatasetSource
+from rankclip_jax.data.webdataset import (DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS,
+                                          MAX_UNREADABLE_SHARD_FRACTION, WebDatasetSource)
 from rankclip_jax.registry import Registry
 
 
@@ -64,12 +65,14 @@ def _synthetic(*, num_records, split, min_objects, max_objects, image_size, seed
 
 
 def _webdataset(*, path, field, image_key="", caption_key="", synthetic_caption_key="",
-                synthetic_captions=False, **_):
+                synthetic_captions=False,
+                max_unreadable_shard_fraction=MAX_UNREADABLE_SHARD_FRACTION, **_):
   return WebDatasetSource(path, image_exts=_extensions(image_key or DEFAULT_IMAGE_EXTS),
                           caption_exts=_extensions(caption_key or DEFAULT_CAPTION_EXTS),
                           synthetic_caption_exts=(_extensions(synthetic_caption_key)
                                                   if synthetic_captions else ()),
-                          field=f"{field}.path")
+                          field=f"{field}.path",
+                          max_unreadable_shard_fraction=float(max_unreadable_shard_fraction))
 
 
 def _csv(*, path, field, image_key="", caption_key="", delimiter="", synthetic_caption_key="",

@@ -5,15 +5,31 @@ A shard is a plain tar file whose members are grouped into examples by key: `000
 is the member path up to the first dot of its file name, the rest is the extension).
 
 At start-up every shard's headers are read (not its data: one 512-byte read per member, ~10 us
-each in Python, spread over a process per core when there are many shards) into a compact index of (shard, offset, size) per image and
-caption. Examples are then read by offset with `os.pread`, so grain can shuffle globally, shard over
-hosts and resume at an exact position like any random-access source.
+each in Python, spread over a process per core when there are many shards) into a compact index of
+(shard, offset, size) per image and caption. Examples are then read by offset with `os.pread`, so
+grain can shuffle globally, shard over hosts and resume at an exact position like any random-access
+source.
 
 Problems found while indexing stay in the index as skip entries, so that reading the dataset counts
-them like any other bad example: a key with an image but no caption (or the reverse) is an
-`incomplete_example`; a member cut short or a corrupt header is a `broken_member` (indexing of that
-shard stops there, with a warning naming it). A shard that cannot be opened or is not a tar file at
-all is an error naming it.
+them like any other bad example (`data/skipped/<kind>`, and the train state):
+- a key with an image but no caption (or the reverse): `incomplete_example`;
+- an image member larger than MAX_IMAGE_BYTES (32 MiB): `unreadable_image`, never read. A caption
+  member is read up to MAX_CAPTION_BYTES (64 KiB); the rest of it is never read.
+- a damaged shard (data/tar_headers.py parses headers with bounds, and names the damage): its
+  members before the damage are used, the rest of it is one `broken_member` per epoch, and the
+  shard is named once in the log with the damage's kind and byte offset. The kinds: a shard that
+  cannot be opened or read; one that is not a tar at all (empty, shorter than a header, its first
+  header garbled); a header that is corrupt (checksum, a size that is negative or not a number, a
+  malformed pax record); data cut short, or a file that ends without an end-of-archive marker
+  (cut at a header boundary). A summary by kind follows at start-up and in the source's repr;
+  these shard counts are not part of the train state (its skip counts keep their shape).
+- A shard damaged before its first member is unreadable. When more than
+  `max_unreadable_shard_fraction` of the shards are (config.data.train, default 0.1: the share is
+  unreadable shards / all shards), or all of them, the source raises ShardError naming the first:
+  a wrong path or a corpus that is mostly broken (an interrupted download, error pages saved as
+  .tar) stops the run at start-up with one `Error:` line, while the few bad shards of a healthy
+  web corpus (well under 1%: one in 40,000 is typical) are skipped. A partly damaged shard does not
+  count towards the share: most of it is used.
 
 A loss that reads a synthetic caption of each image (ALIP) takes it from one more member per key,
 named by its extension (config `synthetic_caption_key`, e.g. 'syn.txt' for <key>.syn.txt); a key
@@ -28,16 +44,15 @@ import concurrent.futures
 import multiprocessing
 import os
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from absl import logging
 
-from rankclip_jax.data import files
+from rankclip_jax.data import files, tar_headers
 from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skipped
 from rankclip_jax.errors import UserError
 
-BLOCK = 512
 DEFAULT_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_CAPTION_EXTS = ("txt",)
 
@@ -47,102 +62,28 @@ INDEX_DTYPE = np.dtype([("shard", np.int32), ("kind", np.int8), ("image_offset",
                         ("caption_size", np.int32), ("synthetic_offset", np.int64),
                         ("synthetic_size", np.int32), ("key", "S48")])
 
+# Caps on member sizes, applied at indexing, so that a larger member is never read. An image member
+# above MAX_IMAGE_BYTES is skipped (unreadable_image): web images as img2dataset stores them take
+# tens to hundreds of KB and camera originals a few MB, while every decode thread of every worker
+# process holds one whole image member in memory at once. A caption member is read up to
+# MAX_CAPTION_BYTES and the rest left unread: captions are cut to config.context_length tokens
+# (77: a few hundred characters) anyway, and the cap keeps INDEX_DTYPE's int32 sizes in range.
+MAX_IMAGE_BYTES = 32 << 20
+MAX_CAPTION_BYTES = 64 << 10
+# The share of shards that may be wholly unreadable before a run stops at start-up: see the module
+# docstring. config.data.train.max_unreadable_shard_fraction.
+MAX_UNREADABLE_SHARD_FRACTION = 0.1
+
 
 class ShardError(UserError, OSError):
-  """A whole shard cannot be used (cannot be opened, or is not a tar file)."""
+  """The tar shards cannot be used: too many are unreadable, or none holds an example."""
 
 
-def _octal_or_base256(field: bytes) -> int:
-  if field and field[0] & 0x80:  # GNU base-256 encoding for large numbers
-    return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-  text = field.split(b"\0", 1)[0].strip()
-  return int(text, 8) if text else 0
-
-
-def _checksum_ok(header: bytes) -> bool:
-  try:
-    stored = _octal_or_base256(header[148:156])
-  except ValueError:
-    return False
-  return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
-
-
-def _pax_path(data: bytes) -> str | None:
-  """The `path` record of a pax extended header ("<len> path=<name>\\n" records)."""
-  pos = 0
-  path = None
-  while pos < len(data):
-    space = data.find(b" ", pos)
-    if space < 0:
-      break
-    length = int(data[pos:space])
-    record = data[space + 1:pos + length - 1]  # without the trailing newline
-    key, _, value = record.partition(b"=")
-    if key == b"path":
-      path = value.decode("utf-8", "replace")
-    pos += length
-  return path
-
-
-def scan_tar(path: str) -> tuple[list[tuple[str, int, int]], str | None]:
-  """Regular-file members of a tar as (name, data offset, size), and a problem description if
-  the archive is cut short or corrupt part-way (members before that point are kept).
-
-  Raises ShardError if the file cannot be opened or its first header is not a tar header.
-  """
-  try:
-    f = open(path, "rb")
-  except OSError as e:
-    raise ShardError(f"Cannot open tar shard {path}: {e}") from None
-  members: list[tuple[str, int, int]] = []
-  problem = None
-  with f:
-    file_size = os.fstat(f.fileno()).st_size
-    offset = 0
-    long_name = None
-    while True:
-      f.seek(offset)
-      header = f.read(BLOCK)
-      if len(header) < BLOCK:
-        if offset == 0:
-          raise ShardError(f"{path} is not a tar file (shorter than one tar header).")
-        if header:
-          problem = f"cut short inside a header at byte {offset}"
-        break
-      if header == b"\0" * BLOCK:
-        break  # end-of-archive marker
-      if not _checksum_ok(header):
-        if offset == 0:
-          raise ShardError(f"{path} is not a tar file (no valid tar header at its start).")
-        problem = f"corrupt tar header at byte {offset}"
-        break
-      size = _octal_or_base256(header[124:136])
-      typeflag = header[156:157]
-      data_offset = offset + BLOCK
-      if data_offset + size > file_size:
-        problem = f"member at byte {offset} is cut short ({file_size - data_offset} of {size} bytes)"
-        break
-      if typeflag == b"L":  # GNU long name: the next member's name is this member's data
-        f.seek(data_offset)
-        long_name = f.read(size).split(b"\0", 1)[0].decode("utf-8", "replace")
-      elif typeflag == b"x":  # pax extended header for the next member
-        f.seek(data_offset)
-        long_name = _pax_path(f.read(size)) or long_name
-      elif typeflag in (b"0", b"\0", b"7"):  # regular file (7: contiguous file)
-        if long_name is not None:
-          name = long_name
-        else:
-          name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-          if header[257:262] == b"ustar":
-            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-            if prefix:
-              name = prefix + "/" + name
-        members.append((name, data_offset, size))
-        long_name = None
-      else:  # directories, links, pax globals: not example data
-        long_name = None if typeflag != b"g" else long_name
-      offset = data_offset + (size + BLOCK - 1) // BLOCK * BLOCK
-  return members, problem
+def scan_tar(path: str) -> tuple[list[tuple[str, int, int]], tar_headers.Damage | None]:
+  """Regular-file members of a tar as (name, data offset, size), and where it is damaged, if it is
+  (members before that point are kept); never raises for a bad or missing file."""
+  scan = tar_headers.scan_file(path)
+  return scan.members, scan.damage
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -154,16 +95,17 @@ def split_key(name: str) -> tuple[str, str]:
   return name[:dot], name[dot + 1:].lower()
 
 
-def index_shard(shard_id: int, path: str, image_exts: Sequence[str],
-                caption_exts: Sequence[str], synthetic_exts: Sequence[str] = ()) -> np.ndarray:
-  members, problem = scan_tar(path)
+def example_rows(shard_id: int, members: Sequence[tuple[str, int, int]],
+                 image_exts: Sequence[str], caption_exts: Sequence[str],
+                 synthetic_exts: Sequence[str] = (), max_image_bytes: int = MAX_IMAGE_BYTES
+                 ) -> list[tuple]:
+  """Index rows (INDEX_DTYPE) of a shard's members, one per key in order of first appearance."""
   by_key: dict[str, dict[str, tuple[int, int]]] = collections.OrderedDict()
   for name, offset, size in members:
     key, ext = split_key(name)
     if key.startswith("__") or not ext:  # webdataset's metadata members, extension-less files
       continue
     by_key.setdefault(key, {})[ext] = (offset, size)
-  incomplete = 1 + SKIP_INDEX["incomplete_example"]
   rows = []
   for key, exts in by_key.items():
     image = next((exts[e] for e in image_exts if e in exts), None)
@@ -171,31 +113,49 @@ def index_shard(shard_id: int, path: str, image_exts: Sequence[str],
     synthetic = next((exts[e] for e in synthetic_exts if e in exts), (0, 0))
     key_bytes = key.encode("utf-8")[-48:]
     if image is None or caption is None:
-      rows.append((shard_id, incomplete, 0, 0, 0, 0, 0, 0, key_bytes))
+      kind = "incomplete_example"
+    elif image[1] > max_image_bytes:  # never read: see MAX_IMAGE_BYTES
+      kind = "unreadable_image"
     elif synthetic_exts and not synthetic[1]:  # no synthetic caption, or an empty one
-      rows.append((shard_id, 1 + SKIP_INDEX["empty_caption"], 0, 0, 0, 0, 0, 0, key_bytes))
+      kind = "empty_caption"
     else:
-      rows.append((shard_id, 0, image[0], image[1], caption[0], caption[1], *synthetic,
-                   key_bytes))
-  if problem is not None:
-    logging.warning("Tar shard %s: %s; its %d complete examples before that point are used.",
-                    path, problem, len(by_key))
+      rows.append((shard_id, 0, image[0], image[1], caption[0],
+                   min(caption[1], MAX_CAPTION_BYTES), synthetic[0],
+                   min(synthetic[1], MAX_CAPTION_BYTES), key_bytes))
+      continue
+    rows.append((shard_id, 1 + SKIP_INDEX[kind], 0, 0, 0, 0, 0, 0, key_bytes))
+  return rows
+
+
+class ShardIndex(NamedTuple):
+  rows: np.ndarray  # INDEX_DTYPE, the damage (if any) as a last broken_member row
+  damage: tar_headers.Damage | None
+  members: int  # regular file members read before the damage
+
+
+def index_shard(shard_id: int, path: str, image_exts: Sequence[str],
+                caption_exts: Sequence[str], synthetic_exts: Sequence[str] = (),
+                max_image_bytes: int = MAX_IMAGE_BYTES) -> ShardIndex:
+  members, damage = scan_tar(path)
+  rows = example_rows(shard_id, members, image_exts, caption_exts, synthetic_exts,
+                      max_image_bytes)
+  if damage is not None:  # one skip per epoch for the rest of the shard, whatever it held
     rows.append((shard_id, 1 + SKIP_INDEX["broken_member"], 0, 0, 0, 0, 0, 0,
-                 problem.encode("utf-8")[:48]))
-  return np.array(rows, INDEX_DTYPE)
+                 damage.short.encode("utf-8")[:48]))
+  return ShardIndex(np.array(rows, INDEX_DTYPE), damage, len(members))
 
 
-def _index_shard(args) -> np.ndarray:
+def _index_shard(args) -> ShardIndex:
   return index_shard(*args)
 
 
 def index_shards(shards: Sequence[str], image_exts: Sequence[str], caption_exts: Sequence[str],
-                 processes: int | None = None, synthetic_exts: Sequence[str] = ()
-                 ) -> list[np.ndarray]:
+                 processes: int | None = None, synthetic_exts: Sequence[str] = (),
+                 max_image_bytes: int = MAX_IMAGE_BYTES) -> list[ShardIndex]:
   """index_shard over many shards: in a pool of processes when there are many (header parsing is
   Python, so threads would share one core), else in this process."""
-  jobs = [(i, path, tuple(image_exts), tuple(caption_exts), tuple(synthetic_exts))
-          for i, path in enumerate(shards)]
+  jobs = [(i, path, tuple(image_exts), tuple(caption_exts), tuple(synthetic_exts),
+           max_image_bytes) for i, path in enumerate(shards)]
   processes = min(os.cpu_count() or 1, 32) if processes is None else processes
   if processes <= 1 or len(shards) < 8:
     return [_index_shard(job) for job in jobs]
@@ -208,6 +168,45 @@ def index_shards(shards: Sequence[str], image_exts: Sequence[str], caption_exts:
     # Spawned processes re-import __main__; a script read from stdin, for example, cannot be.
     logging.warning("Indexing tar shards in worker processes failed; indexing them here.")
     return [_index_shard(job) for job in jobs]
+
+
+def check_damage(shards: Sequence[str], parts: Sequence[ShardIndex], *, field: str,
+                 max_unreadable_fraction: float) -> dict[str, int]:
+  """Names each damaged shard once in the log, with a summary; returns {damage kind: shards}.
+
+  Raises ShardError when more than `max_unreadable_fraction` of the shards are unreadable (damaged
+  before their first member: nothing of them can be used).
+  """
+  counts = collections.Counter()
+  unreadable = []
+  for path, part in zip(shards, parts):
+    if part.damage is None:
+      continue
+    counts[part.damage.kind] += 1
+    if part.members:
+      logging.warning("Tar shard %s; its %d members before that point are used, the rest of it "
+                      "is skipped.", part.damage.describe(path), part.members)
+    else:
+      unreadable.append((path, part.damage))
+      logging.warning("Tar shard %s; it is skipped.", part.damage.describe(path))
+  if counts:
+    logging.warning(
+        "Tar shards: %d of %d damaged (%s), %d of them unreadable; each damaged shard counts as "
+        "one broken_member skip per epoch.", sum(counts.values()), len(shards),
+        ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())), len(unreadable))
+  if unreadable and (len(unreadable) > max_unreadable_fraction * len(shards)
+                     or len(unreadable) == len(shards)):
+    knob = f"{field.rsplit('.', 1)[0]}." if "." in field else ""
+    knob += "max_unreadable_shard_fraction"
+    path, damage = unreadable[0]
+    some = len(unreadable) < len(shards)
+    share = (f"{len(unreadable) / len(shards):.1%}, more than {knob}={max_unreadable_fraction}"
+             if some else "none can")
+    raise ShardError(
+        f"{field}: {len(unreadable)} of {len(shards)} tar shard(s) cannot be read at all "
+        f"({share}); first: {damage.describe(path)}. Check the path and the files"
+        f"{f', or raise {knob} to train on the rest' if some else ''}.")
+  return dict(counts)
 
 
 class _FileCache:
@@ -250,14 +249,19 @@ class WebDatasetSource:
   def __init__(self, path: str | Sequence[str], *, image_exts: Sequence[str] = DEFAULT_IMAGE_EXTS,
                caption_exts: Sequence[str] = DEFAULT_CAPTION_EXTS,
                synthetic_caption_exts: Sequence[str] = (), field: str = "path",
-               index_processes: int | None = None):
+               index_processes: int | None = None,
+               max_unreadable_shard_fraction: float = MAX_UNREADABLE_SHARD_FRACTION,
+               max_image_bytes: int = MAX_IMAGE_BYTES):
     self.shards = files.expand_paths(path, suffixes=(".tar",), field=field)
     self.image_exts = tuple(e.lower().lstrip(".") for e in image_exts)
     self.caption_exts = tuple(e.lower().lstrip(".") for e in caption_exts)
     self.synthetic_exts = tuple(e.lower().lstrip(".") for e in synthetic_caption_exts)
     parts = index_shards(self.shards, self.image_exts, self.caption_exts, index_processes,
-                         self.synthetic_exts)
-    self.index = np.concatenate(parts)
+                         self.synthetic_exts, max_image_bytes)
+    # {damage kind: shards}: logged at start-up, shown in repr; not part of the train state.
+    self.shard_damage = check_damage(self.shards, parts, field=field,
+                                     max_unreadable_fraction=max_unreadable_shard_fraction)
+    self.index = np.concatenate([p.rows for p in parts])
     if not len(self.index):
       raise ShardError(f"{field}: the {len(self.shards)} tar shard(s) hold no members "
                        f"(first: {self.shards[0]}).")
@@ -309,5 +313,8 @@ class WebDatasetSource:
     self._files = _FileCache()
 
   def __repr__(self):
-    return (f"WebDatasetSource({len(self.shards)} shards, {len(self)} examples, "
+    damaged = (f" ({sum(self.shard_damage.values())} damaged: "
+               f"{', '.join(f'{k} {v}' for k, v in sorted(self.shard_damage.items()))})"
+               if self.shard_damage else "")
+    return (f"WebDatasetSource({len(self.shards)} shards{damaged}, {len(self)} examples, "
             f"first {self.shards[0]})")
