@@ -12,9 +12,13 @@ A loss that reads a synthetic caption of each image (ALIP) takes it from one mor
 --config.data.train.synthetic_caption_key=<column>; an empty cell skips the row, counted as an
 empty caption. Other losses never read that column.
 
-The rows are read at start-up; images are read when an example is read, so a missing file or an
-unreadable image costs that one example (skipped and counted), never the run. A CSV that cannot be
-opened or lacks a named column is an error naming the file, the column, and the columns it has.
+The rows are read at start-up; images are read when an example is read, so a bad image costs that
+one example (skipped and counted), never the run: an empty image field or nothing at the path is
+"missing_file"; a path that is not a regular file (a FIFO, which would block the reader for ever,
+/dev/zero, which never ends, a directory), a file over `images.MAX_FILE_BYTES` (32 MiB; neither is
+read) or one that cannot be read is "unreadable_image", like bytes that do not decode. A CSV that
+cannot be opened or lacks a named column is an error naming the file, the column, and the columns
+it has. Captions are used as they are; the tokenizer cleans and caps them (data/tokenizer.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rankclip_jax.data import files
+from rankclip_jax.data import files, images
 from rankclip_jax.data.records import skipped
 from rankclip_jax.errors import UserError
 
@@ -153,12 +157,11 @@ class CsvSource:
     if not path:
       return skipped("missing_file", f"{self.files[0]}: row {int(i)} has an empty image path")
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = images.read_image_file(path)
     except FileNotFoundError:
       return skipped("missing_file", path)
-    except OSError:
-      return skipped("unreadable_image", path)
+    except (OSError, images.BadImage) as e:
+      return skipped("unreadable_image", f"{path}: {e}")
     out = {"image_bytes": data, "caption": self.captions[int(i)], "where": path}
     if self.synthetic_captions is not None:
       out["synthetic_caption"] = self.synthetic_captions[int(i)]

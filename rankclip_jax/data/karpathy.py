@@ -19,11 +19,12 @@ COCO images have six or seven; the benchmark keeps the first five, hence `max_ca
 `KarpathyRetrievalSource(json_path, image_root, split)` is a random-access source over the
 images of one split, in file order: `source[i]` -> {"image_bytes": bytes, "captions": [str, ...],
 "where": image path}, or a skip marker (`records.skipped`) for a missing ("missing_file") or
-unreadable ("unreadable_image") image file or an image with no non-empty caption
-("empty_caption"); it never raises for one example. Like `CsvSource`, it returns the file's bytes
-undecoded: bytes that are not an image become "unreadable_image" in the decode step
-(`pipeline.DecodeImage`). Dropping an example drops the image together with its captions, so the
-two sides of the benchmark stay consistent.
+unreadable ("unreadable_image": not a regular file, over `images.MAX_FILE_BYTES`, or an I/O error;
+such a path is never read) image file or an image with no non-empty caption ("empty_caption"); it
+never raises for one example. Like `CsvSource`, it returns the file's bytes undecoded: bytes
+that are not an image become "unreadable_image" in the decode step (`pipeline.DecodeImage`).
+Dropping an example drops the image together with its captions, so the two sides of the benchmark
+stay consistent.
 
 `caption_relevance(captions_per_image)` flattens the captions of the images that were read into the
 text side of the benchmark and says which image owns each text; `owner_relevance` turns that into
@@ -41,6 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rankclip_jax.data import images
 from rankclip_jax.data.records import skipped
 from rankclip_jax.errors import UserError
 
@@ -147,11 +149,10 @@ class KarpathyRetrievalSource:
     if not captions:
       return skipped("empty_caption", path)
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = images.read_image_file(path)
     except FileNotFoundError:
       return skipped("missing_file", path)
-    except OSError:  # a directory, no permission, an I/O error
+    except (OSError, images.BadImage):  # not a regular file, over the size cap, no permission
       return skipped("unreadable_image", path)
     return {"image_bytes": data, "captions": list(captions), "where": path}
 

@@ -143,8 +143,10 @@ class CsvPairs:
   """(image_a, image_b, caption) rows of a CSV/TSV; image paths relative to the file's folder.
 
   Read like the (image, caption) CSVs of data/csv_files.py (byte-order mark, named delimiters, an
-  error naming the file and the column when one is missing). A row whose image cannot be read or
-  whose caption is empty becomes a skip marker (counted by the pipeline, never a crash).
+  error naming the file and the column when one is missing). A row whose caption is empty, or
+  whose image is missing ("missing_file") or cannot be read as data/csv_files.py says
+  ("unreadable_image": not a regular file, over 32 MiB, not a decodable image) becomes a skip
+  marker (counted by the pipeline, never a crash).
   """
 
   def __init__(self, path: str, *, image_a_key: str = "image_a", image_b_key: str = "image_b",
@@ -170,9 +172,8 @@ class CsvPairs:
     out = {"caption": caption}
     for key, image in (("image_a", a), ("image_b", b)):
       try:
-        with open(image, "rb") as f:
-          out[key] = np.asarray(image_ops.decode_rgb(f.read()))
-      except (FileNotFoundError, IsADirectoryError):
+        out[key] = np.asarray(image_ops.decode_rgb(image_ops.read_image_file(image)))
+      except FileNotFoundError:
         return skipped("missing_file", f"{where}: {image or '(empty path)'}")
       except (OSError, image_ops.BadImage) as e:
         return skipped("unreadable_image", f"{where}: {image}: {e}")

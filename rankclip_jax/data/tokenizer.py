@@ -8,6 +8,13 @@ ftfy.fix_text (mojibake, curly quotes, full-width forms, ligatures, NFC, line br
 unescaped twice, whitespace runs collapsed, lower-cased. instant-clip-tokenizer does only the
 lower-casing and the BPE: without this, HTML entities ("&amp;"), curly quotes, full-width letters,
 ligatures and decomposed accents got other ids than open_clip's.
+
+Every text is cut to its first `CHARS_PER_TOKEN` x context_length characters before cleaning
+(7,700 for CLIP's 77 tokens): a web caption can be megabytes long (a 4M-character one took 1.6 s to
+clean), and only its first tokens are kept. This cap applies to every caption that reaches the
+model (CSV, tar, synthetic (ALIP) and evaluation captions, prompts) and loses nothing: no vocabulary
+entry is longer than 32 characters, so the kept tokens come from at most ~33 characters each, and
+the margin covers what cleaning removes (whitespace runs, HTML entities, mojibake).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ VOCAB_SIZE = 49408
 SOT_ID = 49406
 EOT_ID = 49407
 PAD_ID = 0
+CHARS_PER_TOKEN = 100  # characters of raw text kept per token of context (see above)
 
 
 def clean_text(text: str) -> str:
@@ -71,7 +79,8 @@ class ClipTokenizer:
   def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):
       texts = [texts]
-    ids = self._tokenizer().tokenize_batch([clean_text(t) for t in texts],
+    cap = CHARS_PER_TOKEN * self.context_length
+    ids = self._tokenizer().tokenize_batch([clean_text(t[:cap]) for t in texts],
                                            context_length=self.context_length)
     return np.asarray(ids, dtype=np.int32)
 
