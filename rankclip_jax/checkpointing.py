@@ -1,20 +1,37 @@
 """Orbax checkpoints of the train state, the input pipeline's position and the run's config.
 
 Layout: <workdir>/checkpoints/<step>/{state, data, config}. Orbax writes each checkpoint into a
-temporary directory and renames it only once complete, so an interrupted save never leaves a torn
-checkpoint behind: at restore the latest *finished* step is used and leftovers are cleaned up.
+temporary directory (<step>.orbax-checkpoint-tmp-<n>) and renames it only once complete, so an
+interrupted save never leaves a torn checkpoint behind: at restore the latest *finished* step is
+used.
+
+Writers and readers. A Checkpointer is opened either as the run's writer or read-only. The writer
+is training's, which first takes the workdir's lock (<workdir>/train.lock, workdir_lock.py: a
+second run on the workdir stops at start-up; a gs:// workdir cannot be locked and is written with
+a warning saying so), or `convert`'s import into a new folder. Readers are evaluate,
+`rankclip_jax.load`, `convert`'s export and config.model.init_from=<run>. Only the writer deletes
+the temporary directories that an interrupted save left (Orbax starts that when the writer opens
+the folder, and finishes it before the first save): a reader opening the workdir of a run still
+training must not delete that run's save in flight. A reader never saves, never deletes, never
+moves a damaged step aside and creates no folder.
 
 A finished checkpoint damaged later (a file deleted or truncated) or one that does not match the
 tree asked for never blocks a resume or an evaluation: the newest readable checkpoint is used, with
-a warning naming the damaged one. Resuming moves the damaged step folders aside to
-<step>.damaged (Orbax lists only integer names; nothing is deleted) since training writes that step
-again; evaluating and loading only read. A save that fails (no space left, no permission) is one
-CheckpointError naming the folder, the step and the cause, whether Orbax raises it at once or, for
-an asynchronous save, at the next save or wait; the earlier checkpoints stay as they were.
+a warning naming the damaged one. Only proven damage counts (a file missing, truncated, or that
+does not parse: see is_damage). An error that may pass (an I/O error such as EIO, a timeout, a
+bucket's 503, tensorstore's UNAVAILABLE) is tried again, `read_tries` times in all with waits that
+double from `retry_delay_s` (default 5 tries, 15 s of waiting); if it persists the read stops with
+a CheckpointError naming the step and the cause, and nothing is moved. Resuming moves the damaged
+step folders aside to <step>.damaged (Orbax lists only integer names; nothing is deleted) since
+training writes that step again; evaluating and loading only read. A save that fails (no space
+left, no permission) is one CheckpointError naming the folder, the step and the cause, whether
+Orbax raises it at once or, for an asynchronous save, at the next save or wait; the earlier
+checkpoints stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,6 +40,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import time
 from typing import Any, Callable, Optional, TypeVar
 
 import grain
@@ -41,30 +59,71 @@ T = TypeVar("T")
 
 class CheckpointError(UserError, OSError):
   """A checkpoint cannot be read or written: the message names the folder, the step, what is wrong
-  and what to do. `reason` is the cause alone, one line."""
+  and what to do. `reason` is the cause alone, one line; `damaged` whether the cause is proven
+  damage of the checkpoint (see is_damage) rather than an error that may pass."""
 
-  def __init__(self, message: str, *, reason: str = ""):
+  def __init__(self, message: str, *, reason: str = "", damaged: bool = True):
     super().__init__(message)
     self.reason = reason or message
+    self.damaged = damaged
+
+
+# tensorstore's error codes (its errors are ValueErrors "<CODE>: ...") that say nothing about the
+# files: the storage failed or refused this time (a bucket's 503 is UNAVAILABLE).
+_MAY_PASS_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED", "UNKNOWN",
+                   "INTERNAL", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAUTHENTICATED")
+_MAY_PASS_CODE = re.compile(rf"(?:^|: )(?:{'|'.join(_MAY_PASS_CODES)}): ")
+# FAILED_PRECONDITION is both: tensorstore gives it to a file that does not decode ("Truncated
+# Zstd-compressed stream": damage) and to an OS error it has no code for, EIO included, which it
+# marks "[OS error ...]" (tensorstore/internal/os/error_code.cc).
+_OS_ERROR = re.compile(r"(?:^|: )FAILED_PRECONDITION: .*\[OS error\b", re.DOTALL)
+# OS errors that are facts about the files, not about the storage's health.
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+  """`e` and its causes, outermost first."""
+  chain = [e]
+  while chain[-1].__cause__ is not None and len(chain) < 32:
+    chain.append(chain[-1].__cause__)
+  return chain
+
+
+def may_pass(e: BaseException) -> bool:
+  """Whether `e`, raised while reading a checkpoint, may be a fault of the storage that passes (a
+  disk's EIO, a network timeout, a bucket's 503), not proof that the files are damaged: an OS error
+  other than a missing file, or a tensorstore error with one of _MAY_PASS_CODES, anywhere in its
+  chain of causes. Such an error is tried again, and never moves a checkpoint aside."""
+  if isinstance(e, CheckpointError):
+    return False  # already decided (and tried again) by the read that raised it
+  for link in _chain(e):
+    if isinstance(link, OSError) and not isinstance(link, _MISSING + (CheckpointError,)):
+      return True
+    if isinstance(link, ValueError) and (_MAY_PASS_CODE.search(str(link))
+                                         or _OS_ERROR.search(str(link))):
+      return True
+  return False
 
 
 def is_damage(e: BaseException) -> bool:
-  """Whether `e`, raised while reading a finished checkpoint, says its files are damaged or do not
-  match the tree asked for, rather than a bug or a mistake in what the user gave (a UserError other
-  than CheckpointError). What Orbax 0.12 (tensorstore, grain) raises, as observed on damaged
-  checkpoints (tests/test_checkpoint_faults.py):
+  """Whether `e`, raised while reading a finished checkpoint, proves its files damaged or not
+  matching the tree asked for, rather than a storage error that may pass (see may_pass), a bug, or
+  a mistake in what the user gave (a UserError other than CheckpointError). What Orbax 0.12
+  (tensorstore, grain) raises, as observed on damaged checkpoints (tests/test_checkpoint_faults.py):
 
-    ValueError   tensorstore's errors (NOT_FOUND, DATA_LOSS, OUT_OF_RANGE: a deleted or truncated
-                 array file or OCDBT manifest); a tree or shape that does not match the arrays
-                 saved; json.JSONDecodeError of a truncated _METADATA, config or data position;
+    ValueError   tensorstore's errors (NOT_FOUND, DATA_LOSS, OUT_OF_RANGE, FAILED_PRECONDITION
+                 without an OS error: a deleted or truncated array file or OCDBT manifest, a
+                 "Truncated Zstd-compressed stream"); a tree or shape that does not match the
+                 arrays saved; json.JSONDecodeError of a truncated _METADATA, config or data
+                 position;
     KeyError     an item folder (state/, config/) missing: 'Item "state" was not found';
     OSError      FileNotFoundError of a missing config file or state folder;
     Exception    exactly Exception: Orbax's array reads wrap every tensorstore read error in a
                  plain Exception ("Encountered error while reading array index"), the cause chained.
   """
   if isinstance(e, CheckpointError):
-    return True
-  if isinstance(e, UserError):
+    return e.damaged
+  if isinstance(e, UserError) or may_pass(e):
     return False
   plain = type(e) is Exception  # pylint: disable=unidiomatic-typecheck
   return plain or isinstance(e, (ValueError, KeyError, OSError))
@@ -113,6 +172,19 @@ def resolve_run(path: str) -> tuple[str, Optional[int]]:
       "or one checkpoint, checkpoints/<step>.")
 
 
+@contextlib.contextmanager
+def _absl_warnings_off():
+  """Orbax's warnings for settings chosen on purpose (a handler override, a read-only manager)
+  would open every run's or evaluation's output: silenced while they are made."""
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 @functools.cache
 def _save_replicated_arrays_whole_on_cpu():
   """On CPU, saves each replicated array from one copy rather than in slices, one per replica.
@@ -135,35 +207,48 @@ def _save_replicated_arrays_whole_on_cpu():
                                            use_replica_parallel=False)
   # Orbax logs a warning for every override of a registered type; this one is deliberate, and the
   # warning was the first line of every run's output.
-  absl_logger = logging.get_absl_logger()
-  level = absl_logger.level
-  absl_logger.setLevel(std_logging.ERROR)
-  try:
+  with _absl_warnings_off():
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-  finally:
-    absl_logger.setLevel(level)
 
 
 class Checkpointer:
-  """Periodic + final saves, keep the last `keep`, automatic resume."""
+  """Periodic + final saves, keep the last `keep`, automatic resume; or read-only (see the module
+  docstring: writers and readers)."""
 
   _barriers = itertools.count()  # unique names for the barriers of _move_aside
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
-    """every_steps and keep > 0 (config.checkpoint's, checked by config validation)."""
+  def __init__(self, directory: str, *, read_only: bool = False, every_steps: Optional[int] = None,
+               keep: Optional[int] = None, async_save: bool = True, read_tries: int = 5,
+               retry_delay_s: float = 1.0):
+    """read_only: a reader (evaluation, loading) that never writes, deletes or moves anything;
+    else the writer, which needs every_steps and keep > 0 (config.checkpoint's, checked by config
+    validation) and must be the only one (train.py holds the workdir's lock first). read_tries,
+    retry_delay_s: how often, and after how long a first wait (doubled after each try), a read
+    that failed with an error that may pass (see may_pass) is tried."""
+    if not read_only and (every_steps is None or keep is None):
+      raise ValueError("A writing Checkpointer needs every_steps and keep.")
     self.directory = epath.Path(absolute_path(directory))
+    self.read_only = read_only
     self.every_steps = every_steps
+    self.read_tries = max(1, read_tries)
+    self.retry_delay_s = retry_delay_s
     _save_replicated_arrays_whole_on_cpu()
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
-            cleanup_tmp_directories=True, enable_async_checkpointing=async_save),
-        item_handlers={
-            STATE: ocp.StandardCheckpointHandler(),
-            DATA: grain.checkpoint.CheckpointHandler(),
-            CONFIG: ocp.JsonCheckpointHandler(),
-        })
+    with _absl_warnings_off():  # Orbax's warnings about read-only settings: chosen on purpose
+      if read_only:  # Orbax's read-only mode: no folder created, no temporary folder deleted
+        options = ocp.CheckpointManagerOptions(
+            read_only=True, create=False, cleanup_tmp_directories=False, max_to_keep=None,
+            save_interval_steps=0, enable_async_checkpointing=False)
+      else:  # the lock holder: deletes the temporary folders of saves interrupted earlier
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save)
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={
+              STATE: ocp.StandardCheckpointHandler(),
+              DATA: grain.checkpoint.CheckpointHandler(),
+              CONFIG: ocp.JsonCheckpointHandler(),
+          })
     self._pending: Optional[int] = None  # the step of the asynchronous save in flight
 
   def latest_step(self) -> Optional[int]:
@@ -200,7 +285,7 @@ class Checkpointer:
     if step is not None:
       self.resolve_step(step)
       try:
-        return step, read(step), []
+        return step, self._read(read, step), []
       except Exception as e:  # pylint: disable=broad-except
         if not is_damage(e):
           raise
@@ -214,7 +299,7 @@ class Checkpointer:
     damaged = []
     for s in steps:
       try:
-        return s, read(s), damaged
+        return s, self._read(read, s), damaged
       except Exception as e:  # pylint: disable=broad-except
         if not is_damage(e):
           raise
@@ -231,12 +316,38 @@ class Checkpointer:
         "or the optimizer, use the run's own config; otherwise move this folder elsewhere "
         "(keeping it) to start the run over.", reason=tried)
 
+  def _read(self, read: Callable[[int], T], step: int) -> T:
+    """read(step), tried again while it fails with an error that may pass (see may_pass), up to
+    read_tries times, after waits of retry_delay_s, doubled each time. Any other error is raised
+    as it is; one that may pass and persists is a CheckpointError that is no damage (nothing is
+    moved for it)."""
+    for attempt in range(self.read_tries):
+      try:
+        return read(step)
+      except Exception as e:  # pylint: disable=broad-except
+        if not may_pass(e):
+          raise
+        if attempt + 1 == self.read_tries:
+          raise CheckpointError(
+              f"{self.directory / str(step)}: the checkpoint of step {step} could not be read in "
+              f"{self.read_tries} tries ({describe(e)}). This error may pass (a disk or network "
+              "fault) and proves no damage, so nothing was moved or deleted; check the storage, "
+              "then run the same command again.", reason=describe(e), damaged=False) from e
+        delay = self.retry_delay_s * 2 ** attempt
+        logging.warning("Reading checkpoint %s failed (%s); trying again in %.3g s (try %d of "
+                        "%d).", self.directory / str(step), describe(e), delay, attempt + 2,
+                        self.read_tries)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
   def save(self, step: int, state: Any, data_iterator=None, config_dict: Optional[dict] = None,
            *, force: bool = False) -> bool:
     """Saves if `step` is a multiple of every_steps, or if `force`; returns whether it saved.
 
     The decision is ours, not Orbax's save-interval policy, which also saves the first step seen.
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only: it cannot save.")
     if not force and step % self.every_steps:
       return False
     items = {STATE: ocp.args.StandardSave(state)}
@@ -259,8 +370,10 @@ class Checkpointer:
     `abstract_state` is a tree of jax.ShapeDtypeStruct carrying the target shardings; the data
     iterator, if given, is moved to its saved position in place. Returns (step, state) or None when
     there is nothing to resume from. Newer checkpoints found damaged (see newest_readable) are
-    moved aside to <step>.damaged by process 0, since training writes those steps again; a damaged
-    `step` asked for, or no readable checkpoint at all, is a CheckpointError and moves nothing.
+    moved aside to <step>.damaged by process 0, since training writes those steps again (by a
+    writer only: read-only, they are skipped and left in place); a damaged `step` asked for, no
+    readable checkpoint at all, or an error that may pass and persists, is a CheckpointError and
+    moves nothing.
     """
     if step is None and self.latest_step() is None:
       return None
@@ -273,7 +386,7 @@ class Checkpointer:
       return self._restore_step(s, abstract_state, data_iterator)
 
     step, state, damaged = self._newest_readable(read, step)
-    if damaged:
+    if damaged and not self.read_only:
       self._move_aside([s for s, _ in damaged])
       logging.warning("Resuming from checkpoint %d in %s instead of the damaged %s.", step,
                       self.directory, ", ".join(str(s) for s, _ in damaged))
@@ -313,7 +426,9 @@ class Checkpointer:
       return {}
     try:
       saved = set(self.manager.item_metadata(step)[STATE].tree)
-    except Exception:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except
+      if may_pass(e):
+        raise  # tried again (a tree restored without these fields would look damaged)
       return {}  # unreadable metadata: the restore itself reports it
     return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
             if f.name not in saved and not jax.tree.leaves(getattr(abstract_state, f.name))}
@@ -322,7 +437,9 @@ class Checkpointer:
     """Renames the folders of `steps` to <step>.damaged (or <step>.damaged-<n>, n = 1, 2, ... if
     taken) in the same folder, on process 0 (the others wait for it), and refreshes Orbax's list
     of steps: a name that is not an integer is no step to Orbax, nor one of its temporary folders,
-    so it is neither listed, nor cleaned up, nor in the way of the step saved again."""
+    so it is neither listed, nor cleaned up, nor in the way of the step saved again. Writers
+    only."""
+    assert not self.read_only, "a reader moves nothing"
     if jax.process_index() == 0:
       for s in steps:
         target = self.directory / f"{s}.damaged"

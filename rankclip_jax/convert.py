@@ -93,8 +93,8 @@ def import_state_dict(path: str, output: str, *, act: Optional[str] = None,
   output = os.path.abspath(output)
   if os.path.exists(os.path.join(output, "checkpoints")):
     raise FileExistsError(f"{output}/checkpoints exists; choose a new --output.")
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(output), every_steps=1, keep=1,
-                                    async_save=False)
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(output), read_only=False,
+                                    every_steps=1, keep=1, async_save=False)
   ckpt.save(0, {"params": params}, config_dict=json.loads(config.to_json_best_effort()),
             force=True)
   ckpt.close()

@@ -7,9 +7,10 @@
 
 The run's own config comes from its checkpoint; `--evals` takes the `evals` of another config file
 instead (overridable field by field like any config). The checkpoint is restored over a mesh of all
-local devices and evaluation is sharded like training. Results go to the run's metric writer
-(TensorBoard, at the checkpoint's step), to <workdir>/eval/results_<step>.json and results_<step>.md,
-pictures (embedding space) to <workdir>/pictures/, and the table to stdout.
+local devices and evaluation is sharded like training. The checkpoints are only read (the run may
+still be training: nothing in checkpoints/ is deleted, moved or created). Results go to the run's
+metric writer (TensorBoard, at the checkpoint's step), to <workdir>/eval/results_<step>.json and
+results_<step>.md, pictures (embedding space) to <workdir>/pictures/, and the table to stdout.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None,
   warning) of the run in `workdir`, runs the evaluators, writes the results (see the module
   docstring) and returns (step, metrics)."""
   workdir = checkpointing.absolute_path(workdir)
-  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), every_steps=1,
-                                    keep=1_000_000, async_save=False)
+  # Read-only: the run may still be training, its save in flight (see checkpointing.py).
+  ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(workdir), read_only=True)
 
   def read(s):  # config and parameters of one step
     config = ckpt.saved_config(s)

@@ -92,13 +92,15 @@ def restore_run(path: str, *, step: Optional[int] = None, device: Optional[jax.D
   """(config, setup, params, step) of a run's checkpoint (`step`, or the newest readable one: a
   damaged latest checkpoint is skipped with a warning, see Checkpointer.newest_readable): its saved
   config, the ModelSetup it describes on `device` (default: the first local one), and only its
-  parameters, whatever mesh wrote them. `check(config)` runs before any parameter is read.
+  parameters, whatever mesh wrote them. `check(config)` runs before any parameter is read. The
+  run is only read (it may still be training): nothing in it is deleted, moved or created.
 
   path: a workdir, its checkpoints/ folder, or checkpoints/<step>; or a model converted by
   `python -m rankclip_jax.convert` (the same layout).
   """
   directory, path_step = checkpointing.resolve_run(path)
-  ckpt = checkpointing.Checkpointer(directory, every_steps=1, keep=1_000_000, async_save=False)
+  # Read-only: the run may still be training, its save in flight (see checkpointing.py).
+  ckpt = checkpointing.Checkpointer(directory, read_only=True)
 
   def read(s):  # config and parameters of one step: a damaged latest one falls back as a whole
     config = ckpt.saved_config(s)

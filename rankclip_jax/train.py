@@ -6,8 +6,15 @@ evaluators together.
 
 `Trainer` is a ModelSetup (mesh, model, tokenizer, parameter shardings) plus what only training
 needs: the objective, the optimizer, the train state's shardings and the jitted step.
-`train_and_evaluate` is the run, top to bottom: mesh and model, data, restore, step, evaluators,
-loop, final evaluation.
+`train_and_evaluate` is the run, top to bottom: mesh and model, data, the workdir's lock, restore,
+step, evaluators, loop, final evaluation.
+
+One run per workdir: before it writes anything into the workdir or compiles anything, a run takes
+the workdir's lock (<workdir>/train.lock, workdir_lock.py), and a second run started on the same
+workdir while the first holds it stops with one `Error:` line naming the holder (host, process id,
+start time). A run that has trained past config.total_steps is not resumed with a smaller one (it
+would save its later state under the smaller step): an `Error:` names its newest step and what to
+do instead.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from rankclip_jax import optim
 from rankclip_jax import reporting
 from rankclip_jax import sharding as shd
 from rankclip_jax import step as step_lib
+from rankclip_jax import workdir_lock
 from rankclip_jax.config_validation import validate_config
 from rankclip_jax.data.records import SKIP_KINDS
 from rankclip_jax.data.sources import SOURCES
+from rankclip_jax.errors import ConfigError
 from rankclip_jax.interop import pretrained
 from rankclip_jax.losses import LOSSES
 from rankclip_jax.model_setup import ModelSetup
@@ -164,6 +173,20 @@ class Trainer(ModelSetup):
     return state, metrics
 
 
+def refuse_to_go_back(ckpt: checkpointing.Checkpointer, total_steps: int, workdir: str) -> None:
+  """ConfigError when the run in `workdir` has trained past `total_steps`: resumed, it would save
+  its later state as step `total_steps` and report results under that step."""
+  newest = ckpt.latest_step()
+  if newest is None or newest <= total_steps:
+    return
+  raise ConfigError(
+      f"config.total_steps={total_steps}, but the run in {workdir} has trained to step {newest} "
+      f"(checkpoints {ckpt.all_steps()}): it cannot go back, and would label its step-{newest} "
+      f"state step {total_steps}. To train on, set config.total_steps above {newest}; for a new "
+      "run, give another --workdir; to evaluate a checkpoint of this one, run python -m "
+      f"rankclip_jax.evaluate --workdir={workdir} --step=<step>.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns final metrics."""
   # --- Mesh, model and optimizer (the config is validated first: a typo stops here).
@@ -178,16 +201,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if hasattr(train_iter, "close"):  # stops grain's worker processes, frees their shared memory
       teardown.callback(train_iter.close)
 
-    # --- Outputs: workdir, metric writer, checkpoints.
+    # --- Outputs: the workdir's lock (one run per workdir: a second start, such as a requeued job
+    # while the first still runs, stops here, before it writes or compiles anything), checkpoints
+    # (their writer, the lock holder, cleans up what an interrupted save left), metric writer.
     workdir = checkpointing.absolute_path(workdir)  # Orbax's tensorstore paths must be absolute
+    teardown.enter_context(workdir_lock.hold(workdir))
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    ckpt = checkpointing.Checkpointer(
+        checkpointing.checkpoint_dir(workdir), read_only=False,
+        every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save)
+    teardown.callback(ckpt.close)
+    refuse_to_go_back(ckpt, total, workdir)
     writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                  choice=config.metric_writer)
     teardown.callback(writer.close)
-    ckpt = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(workdir), every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-    teardown.callback(ckpt.close)
     config_dict = json.loads(config.to_json_best_effort())
 
     # --- Restore: the last finished checkpoint (state and input position), else step 0.

@@ -3,7 +3,9 @@ truncated or deleted inside a finished step) never blocks a resume, an evaluatio
 newest readable one is used, with a warning; resuming moves the damaged step aside, never deletes
 it); no readable checkpoint, or a damaged step asked for, is one clear error; a save that fails
 (no space left) is one CheckpointError naming the folder, the step and the cause, and the earlier
-checkpoints stay readable. The damage and the failing disk are planted by the tests."""
+checkpoints stay readable. A read error that may pass (EIO, a bucket's 503) is tried again and,
+persisting, is one CheckpointError that moves nothing. The damage and the failing disk are planted
+by the tests."""
 
 import contextlib
 import errno
@@ -323,6 +325,83 @@ def test_closing_after_a_failed_save_keeps_the_first_error(tmp_path, failing_dis
   assert any(r.getMessage().startswith(f"{folder}: the checkpoint of step 3 could not be written")
              for r in caplog.records), [r.getMessage() for r in caplog.records]
   assert_intact(folder)
+
+
+@pytest.fixture
+def failing_reads(monkeypatch):
+  """The next `failing_reads.count` array reads raise `failing_reads.error` (planted where Orbax
+  reads each array through tensorstore, where a disk's EIO or a bucket's 503 surfaces)."""
+  real = serialization._read_shard
+  state = type("FailingReads", (), {"count": 0, "error": None, "raised": 0})()
+
+  async def read(*args, **kwargs):
+    if state.count > 0:
+      state.count -= 1
+      state.raised += 1
+      raise state.error
+    return await real(*args, **kwargs)
+
+  monkeypatch.setattr(serialization, "_read_shard", read)
+  return state
+
+
+# Errors of a storage fault that may pass: an OS error; tensorstore's, a ValueError "<CODE>: ..."
+# (tensorstore's python/tensorstore/status.cc), for a bucket's 503 and for a local file's EIO
+# (which tensorstore/internal/os/error_code.cc reports as FAILED_PRECONDITION with the OS error).
+READ_FAULTS = {
+    "EIO": OSError(errno.EIO, os.strerror(errno.EIO)),
+    "UNAVAILABLE": ValueError('UNAVAILABLE: Error reading "w/0.0" in OCDBT database at '
+                              '"gs://bucket/run/checkpoints/2/state/": HTTP response code: 503'),
+    "tensorstore EIO": ValueError('FAILED_PRECONDITION: Error reading local file "/run/'
+                                  'checkpoints/2/state/d/0": [OS error 5: EIO Input/output error]'),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(READ_FAULTS))
+def test_a_read_error_that_may_pass_is_tried_again_and_never_moves_a_checkpoint(
+    tmp_path, failing_reads, caplog, fault):
+  """A resume whose first read of the newest checkpoint fails with a storage fault (EIO, a 503):
+  tried again, it resumes from that newest step, nothing renamed. The fault persisting: a
+  CheckpointError naming the step and the cause and saying nothing was moved, no fallback to an
+  older step, nothing renamed; a read-only Checkpointer (evaluate, load) stops the same way.
+  Proven damage (a truncated array file) still falls back, and read-only moves nothing."""
+  folder = str(tmp_path / "checkpoints")
+  ck = checkpointing.Checkpointer(folder, every_steps=1, keep=2, async_save=False)
+  ck.retry_delay_s = 0.001
+  ck.save(1, tree(1))
+  ck.save(2, tree(2))
+  ck.wait()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          tree(0))
+  failing_reads.error, failing_reads.count = READ_FAULTS[fault], 1
+  with caplog.at_level(logging.WARNING):
+    step, got = ck.restore(abstract)
+  assert step == 2 and failing_reads.raised == 1
+  jax.tree.map(np.testing.assert_array_equal, got, tree(2))
+  assert sorted(os.listdir(folder)) == ["1", "2"] and ck.all_steps() == [1, 2]
+  assert any(m.startswith(f"Reading checkpoint {folder}/2 failed (") and "trying again" in m
+             for m in warnings_of(caplog)), warnings_of(caplog)
+
+  failing_reads.count = 10**6
+  with pytest.raises(CheckpointError) as e:
+    ck.restore(abstract)
+  message = str(e.value)
+  assert message.startswith(f"{folder}/2: the checkpoint of step 2 could not be read in 5 tries (")
+  assert ("Input/output error" in message or "503" in message) and "\n" not in message
+  assert "nothing was moved" in message and not checkpointing.is_damage(e.value)
+  assert sorted(os.listdir(folder)) == ["1", "2"] and ck.all_steps() == [1, 2]
+  reader = checkpointing.Checkpointer(folder, read_only=True, retry_delay_s=0.001)
+  with pytest.raises(CheckpointError, match="step 2 could not be read in 5 tries"):
+    reader.restore(abstract)
+  failing_reads.count = 0
+
+  truncate(array_files(os.path.join(folder, "2"))[0])
+  assert reader.restore(abstract)[0] == 1
+  assert sorted(os.listdir(folder)) == ["1", "2"]  # read-only: the damaged step left in place
+  reader.close()
+  assert ck.restore(abstract)[0] == 1
+  assert sorted(os.listdir(folder)) == ["1", "2.damaged"]
+  ck.close()
 
 
 def test_evaluation_and_load_fall_back_past_a_damaged_latest_checkpoint(tmp_path, micro_run,
