@@ -4,13 +4,16 @@ The only place where fields are checked against each other and against the regis
 (data sources, losses, loss strategies, weight schedules, evaluators, zero-shot tasks): the
 builders downstream take what is checked here as given.
 
-- validate_config: a training run (main.py): everything.
+- validate_config: a training run (main.py): everything, including the range of every numeric
+  field (_validate_ranges: seeds within 32 bits, counts and periods positive, shares in [0, 1],
+  floats finite), so that no value fails later with a traceback.
 - validate_for_evaluation: evaluating a run's checkpoint (evaluate.py): the model and the evals;
   the training fields were checked when the run trained, on its own device count.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -47,6 +50,7 @@ def validate_config(config, *, num_devices: int | None = None,
   _validate_optim(config)
   _validate_data(config)
   _validate_evals(config)
+  _validate_ranges(config)
 
 
 def validate_for_evaluation(config) -> None:
@@ -98,14 +102,83 @@ def _validate_run(c, n: int, p: int) -> None:
            f"that many micro-batches, each divisible by the {n} devices.")
   _require(c.get("max_nonfinite_steps", 1) >= 1,
            f"config.max_nonfinite_steps={c.get('max_nonfinite_steps')} must be >= 1.")
-  _require(c.checkpoint.every_steps > 0 and c.checkpoint.keep > 0,
-           "config.checkpoint.every_steps and config.checkpoint.keep must be > 0.")
+  for field in ("every_steps", "keep"):
+    _require(c.checkpoint[field] > 0,
+             f"config.checkpoint.{field}={c.checkpoint[field]} must be > 0.")
   _require(c.get("peak_tflops", 0) >= 0, f"config.peak_tflops={c.get('peak_tflops')} must be >= 0 "
            "(0: the device's peak from rankclip_jax/flops.py).")
   profile = tuple(c.get("profile_steps", (0, 0)))
   _require(len(profile) == 2 and 0 <= profile[0] and (profile[0] == 0 or profile[1] > profile[0]),
            f"config.profile_steps={profile} must be (first, last) with last > first > 0, or (0, 0) "
            "for no profile.")
+
+
+# jax.random.key folds a seed to 32 bits (2**32 trains like seed 0) and grain's shuffle refuses
+# larger ones; numpy's generators refuse negative ones.
+_SEED = ("an integer in [0, 2**32 - 1]", lambda v: 0 <= v < 2 ** 32)
+_POSITIVE = ("> 0", lambda v: v > 0)
+_NON_NEGATIVE = (">= 0", lambda v: v >= 0)
+_SHARE = ("in [0, 1]", lambda v: 0 <= v <= 1)
+_MESH_AXIS = ("-1 (the devices the other axis leaves) or >= 1", lambda v: v == -1 or v >= 1)
+# The numeric fields the checks above leave open: (field, (allowed values, test)).
+_RANGES = (
+    ("seed", _SEED), ("image_size", _POSITIVE), ("model.ln_eps", _POSITIVE),
+    ("optim.eps", _NON_NEGATIVE), ("optim.weight_decay", _NON_NEGATIVE),
+    ("optim.grad_clip_norm", (">= 0 (0: no clipping)", _NON_NEGATIVE[1])),
+    ("optim.final_lr_fraction", _SHARE), ("mesh.data", _MESH_AXIS), ("mesh.fsdp", _MESH_AXIS),
+    ("sharding.fsdp_min_size", _NON_NEGATIVE),
+    ("data.num_threads", (">= 0 (0: grain reads in the main thread)", _NON_NEGATIVE[1])),
+    ("data.train.monochrome_fraction", _SHARE),
+)
+
+
+def _field(c, dotted: str):
+  for key in dotted.split("."):
+    c = c[key]
+  return c
+
+
+def _validate_ranges(c) -> None:
+  """Every numeric field within what the code that reads it takes (see _RANGES): one line
+  naming the field, its value and the values allowed."""
+  _require_finite(c, "config")
+  for field, (allowed, ok) in _RANGES:
+    value = _field(c, field)
+    _require(ok(value), f"config.{field}={value!r} must be {allowed}.")
+  _require(c.mesh.data != -1 or c.mesh.fsdp != -1,
+           "config.mesh.data=-1 and config.mesh.fsdp=-1: set one of them (-1: the rest).")
+  train = c.data.train
+  synthetic_train = not SOURCES.get(train.kind).path_example  # checked by _validate_source
+  sources = ([("config.data.train", train)] if synthetic_train else []) + [
+      (f"config.evals.{name}", ev) for name, ev in c.evals.items()]
+  draws = [where for where, src in sources if src is train or _draws_scenes(src)]
+  _require(not draws or 16 <= c.image_size <= 1024,
+           f"config.image_size={c.image_size} must be in [16, 1024]: "
+           f"{(draws or [''])[0]} draws synthetic scenes, which are made at that size.")
+  for where, src in sources:
+    for key, (allowed, ok) in (("seed", _SEED), ("num_train", _NON_NEGATIVE)):
+      _require(key not in src or ok(src[key]), f"{where}.{key}={src.get(key)!r} must be "
+               f"{allowed}.")
+    if "max_objects" in src and (src is train or _draws_scenes(src)):
+      _require(1 <= src.min_objects <= src.max_objects <= synthetic.MAX_OBJECTS,
+               f"{where}: min_objects={src.min_objects}, max_objects={src.max_objects}; need "
+               f"1 <= min_objects <= max_objects <= {synthetic.MAX_OBJECTS}.")
+
+
+def _draws_scenes(ev) -> bool:
+  """An evaluation on synthetic scenes (the default dataset of every kind that has one)."""
+  return ev.get("dataset", "synthetic") == "synthetic"
+
+
+def _require_finite(node, where: str) -> None:
+  """No float field (nor tuple element) is NaN or infinite."""
+  for key, value in node.items():
+    field = f"{where}.{key}"
+    if hasattr(value, "items"):
+      _require_finite(value, field)
+    elif any(isinstance(v, float) and not math.isfinite(v)
+             for v in (value if isinstance(value, (tuple, list)) else (value,))):
+      _require(False, f"{field}={value!r} must be a finite number.")
 
 
 def _validate_loss(c, n: int) -> None:
@@ -203,6 +276,9 @@ def _validate_source(src, field: str) -> None:
     _require(bool(path) and (not isinstance(path, str) or path.strip()),
              f"{field}.path is empty: kind={src.kind!r} reads files; give them with "
              f"--{field}.path={kind.path_example}.")
+    fraction = src.get("max_unreadable_shard_fraction", 0.1)
+    _require(0 <= fraction <= 1, f"{field}.max_unreadable_shard_fraction={fraction} must be in "
+             "[0, 1] (the share of tar shards that may be unreadable; 0.1 by default).")
     return
   _require(src.num_records > 0, f"{field}.num_records={src.num_records} must be > 0.")
   if src.kind == "synthetic":

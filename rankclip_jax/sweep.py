@@ -14,11 +14,17 @@ starts. Each run trains in <workdir>/<run name> through `python -m rankclip_jax.
 same command again skips the finished runs, resumes the interrupted ones and retries the failed
 ones (rankclip_jax/sweeps/runner.py). The report is written at the end of every sweep
 (rankclip_jax/sweeps/report.py).
+
+The plan is built and checked before anything is written; then the command takes the sweep's lock
+(<workdir>/.sweep.lock) and only then writes sweep.json (and, with --emit=slurm, sweep.sbatch): a
+command refused because another sweep runs in the folder, running or emitting, changes none of
+that sweep's files.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from absl import flags, logging
@@ -72,14 +78,23 @@ def _write_report(workdir: str) -> None:
 
 
 def _plan(num_devices) -> Plan:
+  """The checked plan; nothing written yet."""
   try:
-    plan = build.build_plan(workdir=_WORKDIR(), config=flags.FLAGS["config"].config_filename,
+    return build.build_plan(workdir=_WORKDIR(), config=flags.FLAGS["config"].config_filename,
                             command_line=command_line_overrides(sys.argv),
                             sweep_file=_SWEEP.value, num_devices=num_devices)
   except SweepError as e:
     cli.usage_error(str(e))
-  plan.save()
-  return plan
+
+
+def _emit(plan: Plan, files: dict[str, str]) -> None:
+  """Saves the plan and writes {name: text} into its workdir, under the sweep's lock (a running
+  sweep's plan is never replaced)."""
+  with runner.take_lock(plan.workdir):
+    plan.save()
+    for name, text in files.items():
+      with open(os.path.join(plan.workdir, name), "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def main(argv):
@@ -98,14 +113,15 @@ def main(argv):
   try:
     if _EMIT.value == "commands":
       plan = _plan(num_devices=None)
+      _emit(plan, {})
       print("\n".join(emit.commands(plan)), flush=True)
       return
     if _EMIT.value == "slurm":
       gpus = _GPUS_PER_RUN.value or 1
       plan = _plan(num_devices=gpus)
-      path = os.path.join(plan.workdir, "sweep.sbatch")
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(emit.slurm_script(plan, gpus_per_run=gpus, parallel=_PARALLEL.value))
+      _emit(plan, {emit.SCRIPT: emit.slurm_script(plan, gpus_per_run=gpus,
+                                                  parallel=_PARALLEL.value)})
+      path = shlex.quote(os.path.join(plan.workdir, emit.SCRIPT))
       _say(f"{len(plan.runs)} runs in {path}; from the repository root: sbatch {path}")
       return
     try:
@@ -113,7 +129,9 @@ def main(argv):
     except SweepError as e:
       cli.usage_error(str(e))
     plan = _plan(num_devices)
-    status = runner.Runner(plan, slots, say=_say).run()
+    lock = runner.take_lock(plan.workdir)  # before sweep.json: a refused sweep writes nothing
+    plan.save()
+    status = runner.Runner(plan, slots, say=_say).run(lock)
   except USER_ERRORS as e:
     raise SystemExit(f"Error: {e}") from None
   if status:

@@ -58,6 +58,14 @@ CASES = {
         CONVERT + [f"--output={WD}"],
         ["--input is required.", "Flag --input must have a value"]),
 }
+# A config value out of its range (config_validation.py; test_config.py tries every numeric field
+# in this process): one `Error:` line too, before any JAX work, exit status 1 like every error in
+# what a run was given.
+VALUE_CASES = {
+    "main_negative_seed": (
+        MAIN + [f"--config={CONFIG}", f"--workdir={WD}", "--config.seed=-1"],
+        ["Error: config.seed=-1 must be an integer in [0, 2**32 - 1]"]),
+}
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -70,7 +78,7 @@ def results(tmp_path_factory):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   started = {}
-  for name, (cmd, _) in CASES.items():
+  for name, (cmd, _) in {**CASES, **VALUE_CASES}.items():
     folder = tmp_path_factory.mktemp(name)
     workdir = os.path.join(folder, "run")
     argv = [a.replace(WD, workdir) for a in cmd]
@@ -88,17 +96,26 @@ def results(tmp_path_factory):
   return out
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_a_command_line_mistake_is_one_error_line_and_status_2(results, name):
+def _one_error_line(results, name, facts, status):
   folder, workdir, proc = results[name]
   lines = error_lines(proc.stderr)
   assert "Traceback" not in proc.stderr, "\n".join(lines)[-3000:]
   assert len(lines) == 1 and lines[0].startswith("Error: "), "\n".join(lines)[-3000:]
-  for fact in CASES[name][1]:
+  for fact in facts:
     assert fact in lines[0], (fact, lines[0])
-  assert proc.returncode == 2, (proc.returncode, lines)
+  assert proc.returncode == status, (proc.returncode, lines)
   assert not os.path.exists(workdir)
   assert not os.listdir(folder)  # nothing written where it ran either
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_command_line_mistake_is_one_error_line_and_status_2(results, name):
+  _one_error_line(results, name, CASES[name][1], 2)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_CASES))
+def test_a_config_value_out_of_range_is_one_error_line_and_status_1(results, name):
+  _one_error_line(results, name, VALUE_CASES[name][1], 1)
 
 
 # In this process: cli.parse_command_line on a registry of its own, like main.py's flags.

@@ -89,6 +89,35 @@ def test_zip_needs_equal_lengths_and_labels_name_folders():
     variants({"a/b": {}})
 
 
+@pytest.mark.parametrize("make,facts", [
+    (lambda: variants({"..": {}}), ["the label '..' cannot name a run's folder", "'.' or '..'"]),
+    (lambda: variants({".": {}}), ["the label '.' cannot name a run's folder"]),
+    (lambda: variants({"": {}}), ["the label ''", "letters, digits"]),
+    (lambda: variants({".xla_cache": {}}), ["'.xla_cache' cannot name", "not starting with '.'"]),
+    (lambda: values("seed", [0], name="../up"), ["name='../up'", "cannot name a run's folder"]),
+    (lambda: grid.name_runs(values("data/x", [1])), ["run 1's name 'data/x=1' cannot name",
+                                                     "letters, digits and '._+-'"]),
+])
+def test_a_label_that_is_not_a_plain_folder_name_is_refused(make, facts):
+  """A run's folder is <sweep workdir>/<its name>: `.` or `..` would be the sweep's own folder or
+  its parent, a '/' another folder, a leading '.' one of the sweep's hidden files."""
+  with pytest.raises(SweepError) as e:
+    make()
+  for fact in facts:
+    assert fact in str(e.value), (fact, str(e.value))
+
+
+def test_a_plan_file_naming_a_run_outside_its_folder_is_refused(tmp_path):
+  plan = Plan(workdir=str(tmp_path), config=CONFIG, common_flags=[],
+              runs=[PlannedRun(index=1, name="ok", group="ok", seed=0, overrides={}, flags=[])])
+  plan.save()
+  data = json.loads((tmp_path / "sweep.json").read_text())
+  data["runs"][0]["name"] = ".."
+  (tmp_path / "sweep.json").write_text(json.dumps(data))
+  with pytest.raises(SweepError, match=r"sweep.json: run '\.\.' cannot name a run's folder"):
+    Plan.load(str(tmp_path))
+
+
 # Every run checked before any starts.
 
 
@@ -116,6 +145,47 @@ def test_every_run_is_checked_before_any_run_starts(tmp_path, bad, facts):
   for fact in facts:
     assert fact in str(e.value), (fact, str(e.value))
   assert not (tmp_path / "out").exists()
+
+
+def test_a_run_named_like_the_sweeps_own_files_is_refused(tmp_path):
+  with pytest.raises(SweepError, match="run 'sweep.json' is named like the sweep's own"):
+    build.build_plan(workdir=str(tmp_path / "out"), config=CONFIG, command_line=[],
+                     sweep_file=_sweep_file(tmp_path, 'Sweep(runs=variants({"sweep.json": {}}))'),
+                     num_devices=1)
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where,value,facts", [
+    ("run", "a\nb", ["run 'bad' (2 of 2): field 'data.eval_data_dir': its value 'a\\nb'",
+                      "control character '\\n'"]),
+    ("run", "a\u2028b", ["control character '\\u2028'"]),
+    ("command_line", "a\rb", ["'--config.data.eval_data_dir=a\\rb' holds the control "
+                               "character '\\r'"]),
+    ("workdir", "out\nrm -rf x", ["'--workdir=", "holds the control character '\\n'"]),
+])
+def test_a_control_character_in_a_command_is_refused(tmp_path, where, value, facts):
+  """`--emit=commands` prints one line per run: a newline in an override or a path would split a
+  run across two; such a plan is refused, naming where the character is."""
+  run = {"data.eval_data_dir": value} if where == "run" else {}
+  body = f'Sweep(runs=variants({{"good": {{}}, "bad": {run!r}}}))'
+  workdir = str(tmp_path / (value if where == "workdir" else "out"))
+  with pytest.raises(SweepError) as e:
+    build.build_plan(workdir=workdir, config=CONFIG, sweep_file=_sweep_file(tmp_path, body),
+                     command_line=[f"--config.data.eval_data_dir={value}"]
+                     if where == "command_line" else [], num_devices=1)
+  for fact in facts:
+    assert fact in str(e.value), (fact, str(e.value))
+  assert "Did you mean" not in str(e.value)
+  assert os.listdir(tmp_path) == ["sweep.py"]  # nothing written
+
+
+def test_a_tab_in_a_value_keeps_its_run_on_one_line(tmp_path):
+  body = 'Sweep(runs=variants({"tsv": {"data.train.delimiter": "\\t"}, "csv": {}}))'
+  plan = build.build_plan(workdir=str(tmp_path / "out"), config=CONFIG, command_line=[],
+                          sweep_file=_sweep_file(tmp_path, body), num_devices=1)
+  lines = "\n".join(emit.commands(plan)).split("\n")
+  assert len(lines) == 2
+  assert shlex.split(lines[0])[-1] == "--config.data.train.delimiter=\t"
 
 
 def test_a_sweep_file_that_cannot_work_names_itself(tmp_path):
@@ -175,6 +245,38 @@ def test_the_command_stops_on_a_bad_run_with_one_error_line_and_emits_commands(t
     assert workdir == os.path.join(str(tmp_path / "good_out"), run.name)
     assert config.total_steps == 77 and config.seed == run.seed
     assert config.loss.cross_weight == (0.0 if run.group == "clip" else 1 / 16)
+
+
+def test_a_sweep_refused_by_the_lock_changes_none_of_the_running_sweeps_files(tmp_path):
+  """Another sweep holds the folder's lock (here: this process). The same sweep started again,
+  and `--emit=commands` and `--emit=slurm` into that folder, all at once: each is refused with one
+  `Error:` line naming the holder, and the running sweep's files are as they were."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "out"
+  workdir.mkdir()
+  for name in ("sweep.json", "sweep.sbatch"):
+    (workdir / name).write_text(f"the running sweep's {name}")
+  sweep_file = _sweep_file(tmp_path, 'Sweep(runs=values("seed", [0, 1]))')
+  cmd = [sys.executable, "-m", "rankclip_jax.sweep", f"--config={CONFIG}", f"--sweep={sweep_file}",
+         f"--workdir={workdir}"] + cli_runs.train_cmd("x", total_steps=2)[4:]
+  with open(workdir / ".sweep.lock", "a+") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("process 1 on the-other-host since 09:00")
+    lock.flush()
+    before = {p.name: p.read_text() for p in workdir.iterdir()}
+    procs = {mode: subprocess.Popen(cmd + flags_, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for mode, flags_ in (("run", []), ("commands", ["--emit=commands"]),
+                                  ("slurm", ["--emit=slurm"]))}
+    out = {mode: (p.communicate(timeout=240), p.returncode) for mode, p in procs.items()}
+    after = {p.name: p.read_text() for p in workdir.iterdir()}
+  assert after == before
+  for mode, ((stdout, stderr), status) in out.items():
+    lines = _error_lines(stderr)
+    assert status == 1 and len(lines) == 1, (mode, status, lines)
+    assert lines[0].startswith(f"Error: another sweep is running in {workdir} (process 1 on "
+                               "the-other-host since 09:00; "), (mode, lines)
+    assert not stdout.strip(), (mode, stdout)
 
 
 def _parse_as_main(argv):
@@ -417,10 +519,42 @@ def test_parallel_runs_split_the_gpus_or_share_the_cpu(monkeypatch):
   assert each == 3 and [s.env for s in slots] == [{}, {}]
 
 
-def test_the_slurm_script_runs_one_run_per_array_task(tmp_path):
+def _sbatch_words(text, quotes):
+  """The arguments sbatch reads from the rest of an #SBATCH line, by the rules of
+  _get_argument() in SLURM's src/sbatch/opt.c: a backslash takes the next character as it is,
+  a quote groups up to its match, an unquoted '#' starts a comment, whitespace separates.
+  quotes: '"\'' (current releases), or '"' (older ones: there '#' ends the line even inside)."""
+  words, word, quote, chars = [], None, None, iter(text)
+  for ch in chars:
+    if ch == "\\":
+      word = (word or "") + next(chars, "")
+    elif quote is not None and ch == quote:
+      quote = None
+    elif ch == "#" and (quote is None or len(quotes) == 1):
+      break
+    elif quote is None and ch in quotes:
+      quote, word = ch, word or ""
+    elif quote is None and ch.isspace():
+      if word is not None:
+        words.append(word)
+      word = None
+    else:
+      word = (word or "") + ch
+  return words + ([word] if word is not None else [])
+
+
+def _slurm_file_name(pattern, job, task):
+  """sbatch's --output file name for array task `task` of job `job` (%A, %a, %%)."""
+  return re.sub("%(.)", lambda m: {"A": str(job), "a": str(task), "%": "%"}[m.group(1)], pattern)
+
+
+@pytest.mark.parametrize("folder", ["sweep", "my sweeps #2, 'quoted' \"too\" at 100%"])
+def test_the_slurm_script_runs_one_run_per_array_task(tmp_path, folder):
   """The script passes `bash -n`; run by bash with a stand-in srun and python, task 1 trains the
-  second run with its flags (its earlier log kept), a finished run's task does nothing."""
-  plan, _, _ = _fabricated_sweep(tmp_path / "sweep")
+  second run with its flags (its earlier log kept), a finished run's task does nothing. sbatch
+  reads the workdir back from the #SBATCH --output line whatever characters it holds."""
+  workdir = tmp_path / folder
+  plan, _, _ = _fabricated_sweep(workdir)
   plan.common_flags = ["--config.total_steps=9"]
   plan.runs = [PlannedRun(index=r.index, name=r.name, group=r.group, seed=r.seed,
                           overrides=r.overrides, flags=[f"--config.seed={r.seed}"])
@@ -431,6 +565,14 @@ def test_the_slurm_script_runs_one_run_per_array_task(tmp_path):
   text = script.read_text()
   assert "#SBATCH --array=0-5%3" in text and "#SBATCH --gpus-per-node=2" in text
   assert "#SBATCH --signal=TERM@300" in text and "#SBATCH --requeue" in text
+  output = [line for line in text.splitlines() if line.startswith("#SBATCH --output=")]
+  for quotes in ("\"'", '"'):
+    words = _sbatch_words(output[0][len("#SBATCH"):], quotes)
+    assert len(words) == 1 and words[0].startswith("--output="), (quotes, words)
+    assert _slurm_file_name(words[0][len("--output="):], 12, 3) == f"{workdir}/slurm-12_3.out"
+  with pytest.raises(SweepError, match="backslash"):
+    emit.slurm_script(Plan(workdir=str(tmp_path / "a\\b"), config=CONFIG, common_flags=[],
+                           runs=plan.runs))
   submit = tmp_path / "repo"
   (submit / ".venv" / "bin").mkdir(parents=True)
   (submit / "bin").mkdir()
@@ -448,8 +590,8 @@ def test_the_slurm_script_runs_one_run_per_array_task(tmp_path):
 
   assert task(1) == "clip,seed=1: finished before, skipped.\n"  # it has results.json
   assert task(5) == task(5) == "rank,seed=2 (run 6 of 6): log " + str(
-      tmp_path / "sweep" / "rank,seed=2" / "log.txt") + "\n"  # none: trained (twice)
-  folder = tmp_path / "sweep" / "rank,seed=2"
+      workdir / "rank,seed=2" / "log.txt") + "\n"  # none: trained (twice)
+  folder = workdir / "rank,seed=2"
   argv = (folder / "log.txt").read_text().split("\n")[:-1]
   assert argv == ["-m", "rankclip_jax.main", f"--config={CONFIG}", "--config.total_steps=9",
                   f"--workdir={folder}", "--config.seed=2"]

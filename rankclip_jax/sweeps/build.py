@@ -1,7 +1,9 @@
 """From a sweep file to a checked Plan: every run's command line is parsed exactly as main.py parses
 it (cli.check_command_line on main.py's flags) and its config validated (validate_config) before
 any run starts, so that an unknown field, a value of the wrong type or a value that cannot work in
-any one run stops the sweep with one line naming the run and the field.
+any one run stops the sweep with one line naming the run and the field. So do a run named like one
+of the sweep's own files (sweep.json, the report), and a path or override holding a control
+character (plan.check_one_line). Building a plan writes nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from ml_collections import config_flags
 from rankclip_jax import cli
 from rankclip_jax.config_validation import validate_config
 from rankclip_jax.errors import ConfigError
-from rankclip_jax.sweeps import grid
+from rankclip_jax.sweeps import emit, grid, report
 from rankclip_jax.sweeps.grid import SweepError
-from rankclip_jax.sweeps.plan import Plan, PlannedRun, absolute_config, override_flag
+from rankclip_jax.sweeps.plan import (PLAN_FILE, Plan, PlannedRun, absolute_config,
+                                      check_one_line, override_flag)
+
+# The sweep's own files in its workdir, which no run's folder may replace.
+OWN_FILES = (PLAN_FILE, emit.SCRIPT, report.REPORT_JSON, report.REPORT_MD, report.PICTURES)
 
 
 def load_sweep(path: str) -> grid.Sweep:
@@ -86,9 +92,16 @@ def build_plan(*, workdir: str, config: str, command_line: Sequence[str], sweep_
                num_devices: Optional[int]) -> Plan:
   """Every run named, its command line parsed and its config validated (num_devices: the devices
   each run will have; None: unknown, their division of the batch is left to the run)."""
+  for flag in [f"--workdir={workdir}", f"--config={config}", f"--sweep={sweep_file}",
+               *command_line]:
+    check_one_line(flag, repr(flag))
   sweep = load_sweep(sweep_file)
   try:
     named = grid.name_runs(sweep.runs)
+    for run in named:
+      if run.name in OWN_FILES:
+        raise SweepError(f"run {run.name!r} is named like the sweep's own {run.name}; rename it "
+                         f"(the sweep's own files: {', '.join(OWN_FILES)}).")
   except SweepError as e:
     raise SweepError(f"--sweep={sweep_file}: {e}") from None
   config = absolute_config(config)

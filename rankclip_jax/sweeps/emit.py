@@ -4,21 +4,43 @@ submitted from the repository root, its .venv activated, SIGTERM five minutes be
 limit (the run saves a checkpoint and stops) and --requeue (the task starts again and resumes).
 
 Each task does what the local sweep does for its run: skips it when results.json is there, keeps
-the previous attempt's log as log.<k>.txt, and writes this attempt's to log.txt.
+the previous attempt's log as log.<k>.txt, and writes this attempt's to log.txt. Its SLURM output
+goes to <workdir>/slurm-<job>_<task>.out; sbatch reads `#SBATCH` lines itself, not through a shell
+(src/sbatch/opt.c: a backslash escapes the next character, quotes group, an unquoted '#' starts a
+comment) and expands '%' patterns in the file name, so the workdir is written with each space,
+quote and '#' escaped and '%' doubled; a workdir holding a backslash (which turns sbatch's patterns
+off) is refused.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 
+from rankclip_jax.sweeps.grid import SweepError
 from rankclip_jax.sweeps.plan import Plan
 
 PYTHON = "python"
+SCRIPT = "sweep.sbatch"  # in the sweep's workdir
 
 
 def commands(plan: Plan) -> list[str]:
   """One shell line per run, in the sweep's order."""
   return [shlex.join(plan.train_argv(run, python=PYTHON)) for run in plan.runs]
+
+
+_SBATCH_SPECIAL = re.compile(r"""([\s"'#])""")
+
+
+def sbatch_output(workdir: str) -> str:
+  """The --output= value of an #SBATCH line for <workdir>/slurm-<job>_<task>.out, written so that
+  sbatch reads the workdir back exactly (see the module docstring)."""
+  if "\\" in workdir:
+    raise SweepError(f"--workdir={workdir}: SLURM cannot write a task's output under a path with "
+                     "a backslash (sbatch takes it as 'no %-patterns'); choose a folder without "
+                     "one.")
+  return _SBATCH_SPECIAL.sub(r"\\\1", workdir.replace("%", "%%")) + "/slurm-%A_%a.out"
 
 
 def _array_spec(n: int, parallel: int) -> str:
@@ -34,7 +56,7 @@ def slurm_script(plan: Plan, *, gpus_per_run: int = 1, parallel: int = 0,
       f"# The sweep {plan.sweep_file}",
       f"# over {plan.config}: {len(plan.runs)} runs, one SLURM array task each (written by",
       "# `python -m rankclip_jax.sweep --emit=slurm`). From the repository root:",
-      f"#   sbatch {q(plan.workdir + '/sweep.sbatch')}",
+      f"#   sbatch {q(os.path.join(plan.workdir, SCRIPT))}",
       "#   sbatch --array=3,7 ...   # some of the runs again; a finished run's task ends at once",
       f"# then: python -m rankclip_jax.sweep --report {q(plan.workdir)}",
       "# Before the time limit SLURM sends SIGTERM (--signal below): the run saves a checkpoint",
@@ -48,7 +70,7 @@ def slurm_script(plan: Plan, *, gpus_per_run: int = 1, parallel: int = 0,
       f"#SBATCH --time={time_limit}",
       "#SBATCH --signal=TERM@300",
       "#SBATCH --requeue",
-      f"#SBATCH --output={plan.workdir}/slurm-%A_%a.out",
+      f"#SBATCH --output={sbatch_output(plan.workdir)}",
       "set -euo pipefail",
       'cd "${SLURM_SUBMIT_DIR:-.}"',
       "# The environment: a virtualenv made once with",

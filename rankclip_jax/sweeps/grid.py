@@ -17,6 +17,11 @@ overrides. The run's name is its labels joined by ',' (`clip,seed=3`): short, re
 is the last component of its dotted path (`loss.cross_weight` -> `cross_weight`), longer when two
 swept fields end alike. Two runs with one name, or one run setting a field twice with two values,
 are errors (`SweepError`).
+
+A name is a folder of the sweep's workdir, so labels and names are checked (check_name): letters,
+digits and '._+-' (and the ',' and '=' that join them), not empty, not starting with '.' (`.` and
+`..` would make the run's folder the sweep's own or its parent; hidden names are the sweep's own
+files, .sweep.lock and .xla_cache).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ SEED_FIELD = "seed"
 NAME_SEPARATOR = ","
 MAX_NAME_LENGTH = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+_NAME = re.compile(r"[A-Za-z0-9_+=,-][A-Za-z0-9._+=,-]*")  # a run's folder: see check_name
 
 
 class SweepError(UserError, ValueError):
@@ -60,6 +66,8 @@ def values(field: Union[str, Sequence[str]], vals: Iterable[Any], name: Optional
   fields = (field,) if isinstance(field, str) else tuple(field)
   if not fields or not all(isinstance(f, str) and f for f in fields):
     raise SweepError(f"values({field!r}, ...): give a dotted config field, or a tuple of them.")
+  if name is not None:
+    check_name(f"{name}=x", f"values(..., name={name!r})")
   out = []
   for v in vals:
     overrides = {f: v for f in fields}
@@ -74,9 +82,10 @@ def variants(named: Mapping[str, Mapping[str, Any]]) -> list[Run]:
   for label, overrides in named.items():
     if not isinstance(overrides, Mapping):
       raise SweepError(f"variants: {label!r} must map to a dict of overrides, not {overrides!r}.")
-    if _UNSAFE.search(label) or not label:
+    if not isinstance(label, str) or _UNSAFE.search(label):
       raise SweepError(f"variants: the label {label!r} must be made of letters, digits and "
                        "'._+-' (it names the run's folder).")
+    check_name(label, f"variants: the label {label!r}")
     out.append((Part(dict(overrides), label=label),))
   return out
 
@@ -116,6 +125,15 @@ class NamedRun:
   name: str
   group: str  # the name without its seed parts ("base" when only the seed varies)
   overrides: dict[str, Any]  # dotted field -> value, in the order the parts give them
+
+
+def check_name(name: Any, what: str) -> None:
+  """SweepError unless `name` can be a folder of the sweep's workdir and nothing else: not empty,
+  not `.` or `..` (the sweep's folder or its parent), no path separator, no leading '.'."""
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise SweepError(f"{what} cannot name a run's folder: use letters, digits and '._+-' "
+                     "(',' and '=' join labels), not empty and not starting with '.' (so never "
+                     "'.' or '..', which are the sweep's folder and its parent).")
 
 
 def format_value(v: Any) -> str:
@@ -175,6 +193,7 @@ def name_runs(runs: Sequence[Run]) -> list[NamedRun]:
       raise SweepError(f"runs {seen[name] + 1} and {i + 1} are both named {name!r} (their "
                        "overrides differ only in what the name does not show, or the sweep "
                        "lists the run twice); give values() a name= or variants() distinct labels.")
+    check_name(name, f"run {i + 1}'s name {name!r}")
     if len(name) > MAX_NAME_LENGTH:
       raise SweepError(f"run {name!r} (run {i + 1}): its name is longer than {MAX_NAME_LENGTH} "
                        "characters; name its parts with variants() or values(..., name=...).")

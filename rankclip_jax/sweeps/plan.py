@@ -7,6 +7,12 @@ Each run trains through the package's own entry point, as a user would start it 
       <the sweep command's --config.* overrides> <the run's overrides as --config.<field>=<value>>
 
 (the run's overrides come last, so they win over the command line's).
+
+Every piece of that command (the config and workdir paths, each override) must hold no control
+character but tab (check_one_line): `--emit=commands` prints one line per run and the SLURM
+script one array task per line, and a newline in a value would split a run across two lines
+(shell-quoted, it would still run, but a reader of one line per run would see half a command).
+A NUL cannot be in a command line at all.
 """
 
 from __future__ import annotations
@@ -14,14 +20,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 from typing import Any, Optional
 
-from rankclip_jax.sweeps.grid import SweepError
+from rankclip_jax.sweeps.grid import SweepError, check_name
 
 PLAN_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
 TRAIN_MODULE = "rankclip_jax.main"
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators; tab is kept (a
+# delimiter can be one, and it stays on its line).
+_LINE_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_one_line(text: str, what: str) -> None:
+  """SweepError when `text` (a path or an override of a run's command line) holds a control
+  character: `what` names where it was given."""
+  found = _LINE_BREAKERS.search(text)
+  if found:
+    raise SweepError(f"{what} holds the control character {found.group()!r}, which a command "
+                     "line of one line per run cannot carry; remove it (a path: rename the file "
+                     "or folder, or link to it from a name without one).")
 
 
 def override_flag(field: str, value: Any) -> str:
@@ -35,7 +55,9 @@ def override_flag(field: str, value: Any) -> str:
     text = repr(tuple(value))
   else:
     text = str(value)
-  return f"--config.{field}={text}"
+  flag = f"--config.{field}={text}"
+  check_one_line(flag, f"field {field!r}: its value {value!r}")
+  return flag
 
 
 @dataclasses.dataclass
@@ -88,6 +110,8 @@ class Plan:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
     data["runs"] = [PlannedRun(**r) for r in data["runs"]]
+    for run in data["runs"]:  # each names a folder: never the sweep's own, its parent, or beyond
+      check_name(run.name, f"{path}: run {run.name!r}")
     plan = cls(**data)
     plan.workdir = os.path.abspath(workdir)  # the folder may have moved since
     return plan

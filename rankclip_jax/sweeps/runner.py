@@ -12,7 +12,10 @@ JAX_COMPILATION_CACHE_DIR is set): runs that differ only in their seed compile
 the same computations, so every run after the first of its group skips most of its compile time.
 
 While the sweep holds <workdir>/.sweep.lock (its runs inherit it, so it is held until the last of
-them has stopped) no second sweep starts on the same folder. SIGTERM or Ctrl-C stops the sweep:
+them has stopped) no second sweep starts on the same folder, and none writes its plan there
+(take_lock: the command takes the lock before it writes sweep.json; `--emit` takes it too while
+it writes its files). The lock is a kernel lock (flock): it dies with its last holder, so a killed
+sweep never blocks the next one. SIGTERM or Ctrl-C stops the sweep:
 its runs get SIGTERM, save a checkpoint and stop; a sweep killed outright (SIGKILL) takes its runs
 down the same way (Linux: they get SIGTERM when it dies).
 """
@@ -24,12 +27,14 @@ import fcntl
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
-from typing import Callable, Optional
+from typing import IO, Callable, Optional
 
 from rankclip_jax.sweeps import report
 from rankclip_jax.sweeps.devices import Slot
+from rankclip_jax.sweeps.grid import SweepError
 from rankclip_jax.sweeps.plan import Plan, PlannedRun
 from rankclip_jax.sweeps.rundir import (LOG, checkpoint_steps, keep_previous_log, last_error,
                                         old_logs)
@@ -45,6 +50,29 @@ def _format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def take_lock(workdir: str) -> IO:
+  """The sweep's lock on `workdir` (made if missing), held until the returned file is closed and
+  by every process that inherits it; SweepError naming the holder when another sweep has it."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK)
+  lock = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip()
+    lock.close()
+    raise SweepError(f"another sweep is running in {workdir} ({holder or 'its holder unknown'}; "
+                     "or the runs it started are still stopping); wait for it to end, then run "
+                     "the same command.") from None
+  lock.seek(0)
+  lock.truncate()
+  lock.write(f"process {os.getpid()} on {socket.gethostname()} since "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+  lock.flush()
+  return lock
 
 
 def _die_with_parent():  # runs in the child between fork and exec
@@ -152,17 +180,10 @@ class Runner:
       if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
 
-  def run(self) -> int:
-    """Runs what is left; returns the exit status (0: every run finished)."""
-    os.makedirs(self.plan.workdir, exist_ok=True)
-    lock = open(os.path.join(self.plan.workdir, LOCK), "w")  # pylint: disable=consider-using-with
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      lock.close()
-      self.say(f"Error: another sweep is running in {self.plan.workdir} (or the runs it started "
-               "are still stopping); wait for it to end, then run the same command.")
-      return 1
+  def run(self, lock: Optional[IO] = None) -> int:
+    """Runs what is left; returns the exit status (0: every run finished). `lock`: the sweep's
+    lock (take_lock) when the caller holds it already; it is closed at the end."""
+    lock = lock or take_lock(self.plan.workdir)
     handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
       return self._run(lock.fileno())
