@@ -79,8 +79,8 @@ def optimized_xla():
 _LONGEST_FIRST = ("test_train", "test_multihost", "test_open_clip", "test_accelerator_check",
                   "test_pcclip", "test_sweep", "test_data_sources", "test_benchmarks",
                   "test_models", "test_evaluate", "test_nonfinite", "test_alip",
-                  "test_checkpoint_faults", "test_loss_strategies", "test_patch_dropout",
-                  "test_inference")
+                  "test_workdir", "test_checkpoint_faults", "test_weight_files",
+                  "test_loss_strategies", "test_patch_dropout", "test_inference")
 
 
 def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
