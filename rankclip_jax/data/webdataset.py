@@ -49,7 +49,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from absl import logging
 
-from rankclip_jax.data import files, tar_headers
+from rankclip_jax.data import files, images, tar_headers
 from rankclip_jax.data.records import SKIP_INDEX, SKIP_KINDS, skipped
 from rankclip_jax.errors import UserError
 
@@ -65,10 +65,11 @@ INDEX_DTYPE = np.dtype([("shard", np.int32), ("kind", np.int8), ("image_offset",
 # Caps on member sizes, applied at indexing, so that a larger member is never read. An image member
 # above MAX_IMAGE_BYTES is skipped (unreadable_image): web images as img2dataset stores them take
 # tens to hundreds of KB and camera originals a few MB, while every decode thread of every worker
-# process holds one whole image member in memory at once. A caption member is read up to
+# process holds one whole image member in memory at once; the same cap as an image file read from
+# a path (images.MAX_FILE_BYTES). A caption member is read up to
 # MAX_CAPTION_BYTES and the rest left unread: captions are cut to config.context_length tokens
 # (77: a few hundred characters) anyway, and the cap keeps INDEX_DTYPE's int32 sizes in range.
-MAX_IMAGE_BYTES = 32 << 20
+MAX_IMAGE_BYTES = images.MAX_FILE_BYTES
 MAX_CAPTION_BYTES = 64 << 10
 # The share of shards that may be wholly unreadable before a run stops at start-up: see the module
 # docstring. config.data.train.max_unreadable_shard_fraction.
