@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import grain
 import jax
+import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -394,9 +395,13 @@ class Checkpointer:
 
   def _restore_step(self, step: int, abstract_state: Any, data_iterator=None):
     item, added = abstract_state, self._fields_added_since(step, abstract_state)
-    if added:  # restored without them, then given their (empty) value
+    shorter = self._shorter_counts(step, abstract_state)
+    if added or shorter:  # restored without them (or shorter), then completed
       item = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
               if f.name not in added}
+      for name, length in shorter.items():
+        x = item[name]
+        item[name] = jax.ShapeDtypeStruct((length,), x.dtype, sharding=x.sharding)
     items = {STATE: ocp.args.StandardRestore(item)}
     data_states = self._data_states(step) if data_iterator is not None else None
     same_processes = data_states is not None and len(data_states) == jax.process_count()
@@ -406,16 +411,45 @@ class Checkpointer:
       items[CONFIG] = ocp.args.JsonRestore()  # not used, but a damaged config is a damaged step
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if data_states and not same_processes:
-      state = remap_data_position(data_states, jax.process_index(), jax.process_count())
-      logging.warning(
-          "The data position of step %d was saved by %d processes; this run has %d. Continuing "
-          "from the first example of the global order not yet read by every process (%s for "
-          "process %d); examples some processes had already read may be seen again.",
-          step, len(data_states), jax.process_count(), state, jax.process_index())
+      if hasattr(data_iterator, "remap_state"):  # its own way (streamed shards: tar_stream.py)
+        state = data_iterator.remap_state(data_states, jax.process_index(), jax.process_count())
+      else:
+        state = remap_data_position(data_states, jax.process_index(), jax.process_count())
+        logging.warning(
+            "The data position of step %d was saved by %d processes; this run has %d. Continuing "
+            "from the first example of the global order not yet read by every process (%s for "
+            "process %d); examples some processes had already read may be seen again.",
+            step, len(data_states), jax.process_count(), state, jax.process_index())
       data_iterator.set_state(state)
-    if added:
-      return dataclasses.replace(abstract_state, **restored[STATE], **added)
+    if added or shorter:
+      values = dict(restored[STATE])
+      for name in shorter:  # the kinds added since count from 0
+        x, target = values[name], getattr(abstract_state, name)
+        values[name] = jax.device_put(
+            np.concatenate([np.asarray(x), np.zeros(target.shape[0] - x.shape[0], x.dtype)]),
+            target.sharding)
+      return dataclasses.replace(abstract_state, **values, **added)
     return restored[STATE]
+
+  def _shorter_counts(self, step: int, abstract_state: Any) -> dict[str, int]:
+    """{field: saved length} for the count vectors of a TrainState (data_skipped: one count per
+    kind of skipped example, data/records.py) that the checkpoint of `step` saved shorter: written
+    before the later kinds existed. Kinds are only ever appended, so the saved counts are the
+    first ones and the rest start at 0."""
+    if not dataclasses.is_dataclass(abstract_state) or not hasattr(abstract_state,
+                                                                   "data_skipped"):
+      return {}
+    try:
+      saved = self.manager.item_metadata(step)[STATE].tree.get("data_skipped")
+    except Exception as e:  # pylint: disable=broad-except
+      if may_pass(e):
+        raise
+      return {}  # unreadable metadata: the restore itself reports it
+    shape = tuple(getattr(saved, "shape", None) or ())
+    now = abstract_state.data_skipped.shape
+    if len(shape) == 1 and len(now) == 1 and shape[0] < now[0]:
+      return {"data_skipped": shape[0]}
+    return {}
 
   def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
     """The fields of a dataclass state (a TrainState) that the checkpoint of `step` lacks because it

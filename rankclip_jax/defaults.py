@@ -170,11 +170,18 @@ def data_source(kind: str = "synthetic", **fields) -> ml_collections.ConfigDict:
     skipped (counted, named in the log) until more than this share of all shards is; then the run
     stops at start-up. 0.1: a wrong path or a mostly broken corpus stops, while the few bad shards
     of a web corpus (well under 1%) do not (data/webdataset.py).
+  weights, names: webdataset_stream only, for several sources in one `path` ('a::b'): their
+    weights ('1::3'; empty: equal) and names in the logged shares data/source_share/<name>
+    ('cc12m::laion'; empty: the last folder of each path).
+  cycle_length, shuffle_window: webdataset_stream only: shards each reader keeps open and takes
+    examples from in turn (16), and the window of examples drawn in random order (1024): a batch
+    of 256 then holds examples of all 16 shards (data/tar_stream.py).
   The synthetic fields (split, num_records, ...) are described in synthetic_source.
   """
   c = ml_collections.ConfigDict(dict(
       kind=kind, path="", image_key="", caption_key="", delimiter="", synthetic_caption_key="",
-      max_unreadable_shard_fraction=0.1,
+      max_unreadable_shard_fraction=0.1, weights="", names="", cycle_length=16,
+      shuffle_window=1024,
       split="train", num_records=1_000_000, min_objects=1, max_objects=3, caption_mode="random",
       monochrome_fraction=0.0, captioner_error=0.2))
   c.update(fields)

@@ -257,6 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       nonfinite.after_step(step, metrics)
       if progress.due(step):
         progress.report(step, metrics)
+        if hasattr(train_iter, "take_shares"):  # several weighted sources (data/tar_stream.py)
+          shares = train_iter.take_shares()
+          if len(shares) > 1:
+            writer.write_scalars(step, {f"data/source_share/{k}": v for k, v in shares.items()})
       if step != total and preemption.reached(step):
         ckpt.save(step, state, train_iter, config_dict, force=True)
         ckpt.wait()

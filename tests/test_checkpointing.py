@@ -36,3 +36,29 @@ def test_replicated_arrays_on_cpu_are_saved_whole_without_compiling_slices(tmp_p
   for name, array in state.items():
     assert restored[name].sharding == array.sharding, name
     np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(array), err_msg=name)
+
+
+def test_a_checkpoint_with_fewer_skip_kinds_resumes_with_the_new_kinds_at_zero(tmp_path):
+  """data/records.py's SKIP_KINDS only ever grow at the end (the streamed shards' kinds came
+  later): a train state saved with fewer counts restores them as the first ones, the rest 0."""
+  import flax
+  import jax.numpy as jnp
+
+  @flax.struct.dataclass
+  class State:
+    params: jax.Array
+    data_skipped: jax.Array
+
+  old = State(params=jnp.arange(3.0), data_skipped=jnp.array([4, 0, 2, 1, 7], jnp.int32))
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep=1, async_save=False)
+  assert ckpt.save(1, old, force=True)
+  ckpt.wait()
+  new = State(params=jax.ShapeDtypeStruct((3,), jnp.float32),
+              data_skipped=jax.ShapeDtypeStruct((10,), jnp.int32))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), new)
+  step, restored = ckpt.restore(abstract)
+  ckpt.close()
+  assert step == 1
+  np.testing.assert_array_equal(np.asarray(restored.data_skipped), [4, 0, 2, 1, 7, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(restored.params), [0.0, 1.0, 2.0])

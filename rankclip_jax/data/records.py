@@ -17,6 +17,13 @@ SKIP_KINDS = (
     "empty_caption",  # no text, or only white space
     "broken_member",  # a tar member that cannot be read (cut short, header corrupt)
     "incomplete_example",  # a tar key with an image but no caption, or the reverse
+    # Streamed tar shards (data/tar_stream.py): one per damaged shard per epoch, by the damage's
+    # kind (data/tar_headers.py); the examples after the damage are not read, so not counted.
+    "shard_cannot_open",
+    "shard_read_error",
+    "shard_not_a_tar",
+    "shard_corrupt_header",
+    "shard_truncated",
 )
 SKIP_INDEX = {k: i for i, k in enumerate(SKIP_KINDS)}
 

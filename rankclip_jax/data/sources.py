@@ -2,7 +2,10 @@
 `data`): the one registry of their names, what each builds, and how its training batches are made.
 
 - synthetic: the embedded procedurally generated scenes (data/synthetic), the default;
-- webdataset: tar shards as img2dataset writes them (data/webdataset.py);
+- webdataset: tar shards as img2dataset writes them, indexed at start-up and read by random
+  access (data/webdataset.py): global shuffling; for corpora up to tens of millions of pairs;
+- webdataset_stream: the same shards read as streams, never indexed (data/tar_stream.py): starts
+  in seconds at any size, mixes several sources by weight; for larger corpora;
 - csv: CSV/TSV files of image path + caption rows (data/csv_files.py);
 - synthetic_pairs, csv_pairs: image pairs with comparative captions, for PC-CLIP fine-tuning
   (data/pairs.py). Their batches hold "image_a" and "image_b" instead of "image".
@@ -16,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from rankclip_jax.data import pairs, pipeline, synthetic
+from rankclip_jax.data import pairs, pipeline, synthetic, tar_stream
 from rankclip_jax.data.csv_files import CsvSource
 from rankclip_jax.data.files import DataPathError, expand_paths
 from rankclip_jax.data.webdataset import (DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS,
@@ -75,6 +78,18 @@ def _webdataset(*, path, field, image_key="", caption_key="", synthetic_caption_
                           max_unreadable_shard_fraction=float(max_unreadable_shard_fraction))
 
 
+def _webdataset_stream(*, path, field, image_key="", caption_key="", synthetic_caption_key="",
+                       synthetic_captions=False, weights="", names="",
+                       cycle_length=tar_stream.DEFAULT_CYCLE_LENGTH,
+                       shuffle_window=tar_stream.DEFAULT_SHUFFLE_WINDOW, **_):
+  return tar_stream.StreamSource(
+      path, weights=weights, names=names,
+      image_exts=_extensions(image_key or DEFAULT_IMAGE_EXTS),
+      caption_exts=_extensions(caption_key or DEFAULT_CAPTION_EXTS),
+      synthetic_caption_exts=(_extensions(synthetic_caption_key) if synthetic_captions else ()),
+      cycle_length=cycle_length, shuffle_window=shuffle_window, field=field)
+
+
 def _csv(*, path, field, image_key="", caption_key="", delimiter="", synthetic_caption_key="",
          synthetic_captions=False, **_):
   return CsvSource(path, image_key=image_key or "image", caption_key=caption_key or "caption",
@@ -101,6 +116,9 @@ SOURCES.add("synthetic", SourceKind(_synthetic, pipeline.train_iterator, synthet
 SOURCES.add("webdataset", SourceKind(_webdataset, pipeline.train_iterator,
                                      path_example="'/data/cc3m/{00000..00331}.tar'",
                                      synthetic_captions=True))
+SOURCES.add("webdataset_stream", SourceKind(
+    _webdataset_stream, tar_stream.stream_iterator,
+    path_example="'/data/cc12m/{00000..01242}.tar::/data/laion/*.tar'", synthetic_captions=True))
 SOURCES.add("csv", SourceKind(_csv, pipeline.train_iterator, path_example="/data/cc3m/train.csv",
                               synthetic_captions=True))
 PAIR_KEYS = ("image_a", "image_b")

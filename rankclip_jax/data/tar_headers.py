@@ -178,11 +178,16 @@ class TarWalk:
   After iteration, `damage` is None for a whole archive, else where and why it stopped.
   """
 
-  def __init__(self, read_at: Callable[[int, int], bytes], file_size: int | None = None):
+  def __init__(self, read_at: Callable[[int, int], bytes], file_size: int | None = None,
+               start: int = 0):
     self._read_at = read_at
     self.file_size = file_size
     self.damage: Damage | None = None
-    self._offset = 0  # of the header being parsed
+    self._start = start  # a header's offset: 0, or a member_start from an earlier walk
+    self._offset = start  # of the header being parsed
+    # Offset of the first header of the member last yielded (its GNU long name or pax header, if
+    # it has one): a walk started there (`start`) yields that member again, and the rest.
+    self.member_start = start
 
   def __iter__(self) -> Iterator[Member]:
     try:
@@ -203,10 +208,13 @@ class TarWalk:
     return data
 
   def _walk(self) -> Iterator[Member]:
-    offset = 0
+    offset = self._start
     long_name, pax = None, {}
+    first_header = None  # of the member being assembled
     while True:
       self._offset = offset
+      if first_header is None:
+        first_header = offset
       header = self._read_at(offset, BLOCK)
       if len(header) < BLOCK:
         if offset == 0:
@@ -242,11 +250,12 @@ class TarWalk:
         if b"path" in pax:
           long_name = pax[b"path"].decode("utf-8", "replace")
       elif typeflag in REGULAR_TYPES:
+        self.member_start = first_header
         yield Member(long_name if long_name is not None else header_name(header), data_offset,
                      size)
-        long_name, pax = None, {}
+        long_name, pax, first_header = None, {}, None
       elif typeflag not in (_PAX_GLOBAL, _LONG_LINK):  # directories, links: not example data
-        long_name, pax = None, {}
+        long_name, pax, first_header = None, {}, None
       offset = data_offset + padded(size)  # > offset: every walk ends
 
 
