@@ -10,13 +10,30 @@ defaults below; a field the entry's `dataset` does not use is ignored.
 - zero_shot: classify held-out images by their nearest class embedding, the class embedding being
   CLIP's prompt ensemble over the templates. Top-1 (and top-3/5 below the class count).
   Fields: dataset ("synthetic"), task, split (""), num_examples, min_objects (1), max_objects (1),
-  seed (0), templates (""), data_dir (""), comparative_alpha (0.0), comparative_template.
+  seed (0), templates (""), data_dir (""), comparative_alpha (0.0), comparative_template, path
+  (""), class_names (""), image_key ("image"), label_key ("label"), delimiter (""), image_root
+  ("").
   `dataset` "synthetic": the embedded scenes of `split` ("": "test"), `task` (shape, colour, count,
   combo) picks the attribute, num_examples scenes of min..max_objects objects from `seed`'s stream.
-  Otherwise an evaluation set of rankclip_jax.data.tfds_eval.DATASETS (ImageNet-1k and its shifts,
-  CIFAR, ...) read from TFDS ArrayRecord files under `data_dir` ("": config.data.eval_data_dir):
+  An evaluation set of rankclip_jax.data.tfds_eval.DATASETS (ImageNet-1k and its shifts, CIFAR,
+  ...): read from TFDS ArrayRecord files under `data_dir` ("": config.data.eval_data_dir),
   `split` ("": its test/validation split), the first num_examples (0: all), prompts `templates`
-  ("": the dataset's own; or a templates.json key such as "imagenet1k_simple").
+  ("": the dataset's own).
+  "folder" or "csv": the user's own labelled images (data/labelled_images.py). "folder": `path`
+  holds one subfolder per class (the ImageFolder layout, e.g. an ImageNet validation folder),
+  classes in sorted order, each one's images at any depth below it. "csv": `path` is a CSV/TSV
+  file (or a directory, glob or list of them) with a header row, the image path in column
+  `image_key` (relative to the file's folder, or to `image_root`), the class in column
+  `label_key`, `delimiter` ("": tab for .tsv, else comma). `class_names`: a JSON file naming the
+  classes, an object of readable names by subfolder name or label ({"n01440764": "tench", ...})
+  or a list of names indexed by label; for "csv" it defines the classes (a label is one of them
+  or an integer index into them); "": each class is named by its subfolder or label. The
+  num_examples (0: all) are spread evenly over the listing, so a class-sorted folder is sampled
+  across its classes; prompts `templates` ("": "imagenet1k", OpenAI's 80). A missing or
+  unreadable image is skipped and counted (`<name>/skipped`); a missing folder or file, a class
+  with no images, a label that is no class or a bad JSON file stops at build time, before training.
+  `templates`: a templates.json key (such as "imagenet1k_simple") or dataset name, or a .json
+  file holding a list of templates, each with exactly one "{}".
   `comparative_alpha` > 0: PC-CLIP's comparative prompting (evaluation/comparative.py), its
   `comparative_template` ("a {} differs from a {} in shape.") naming two classes.
 - retrieval: image<->text recall@1/5/10. Fields: dataset ("synthetic"), split (""), num_examples,
@@ -31,10 +48,16 @@ defaults below; a field the entry's `dataset` does not use is ignored.
   The pairs are num_examples synthetic scenes of `split` ("": "test"), or the first num_examples
   (0: all) of a real source given as `data` (a rankclip_jax.defaults.data_source: webdataset or csv,
   built by rankclip_jax.data.sources.make_source; a `data` of kind synthetic means the scenes).
-- linear_probe: logistic regression on frozen image embeddings of a TFDS set. Fields: dataset
-  (required), train_split ("train"), split (""), num_train (0), num_examples (0), data_dir (""),
-  seed (0). Fit on the first num_train of `train_split` (0: all), L2 chosen on a validation split,
-  top-1 on the first num_examples of `split` ("": the dataset's test/validation split; 0: all).
+- linear_probe: logistic regression on frozen image embeddings of a TFDS set or of the user's
+  own labelled images. Fields: dataset (required), train_split ("train"), split (""), num_train
+  (0), num_examples (0), data_dir (""), seed (0), train_path (""), path (""), class_names (""),
+  image_key ("image"), label_key ("label"), delimiter (""), image_root (""). A TFDS set: fit on
+  the first num_train of `train_split` (0: all), L2 chosen on a validation split, top-1 on the
+  first num_examples of `split` ("": the dataset's test/validation split; 0: all). `dataset`
+  "folder" or "csv" (as for zero_shot): fit on the images at `train_path`, top-1 on those at
+  `path`; the classes are the training set's (its subfolders, or `class_names`, or its labels),
+  and every test subfolder or label must be one of them; num_train / num_examples of each (0:
+  all) spread evenly over its listing.
 - pairwise: PC-CLIP's comparison accuracy on num_examples (required) held-out synthetic scene
   pairs. Fields: num_examples, split ("test"), seed (0).
 - attribute_ranking: Spearman between scenes' attribute values and their order along a
@@ -57,7 +80,7 @@ from typing import Any, Callable, Iterable
 import ml_collections
 import numpy as np
 
-from rankclip_jax.data import karpathy, pipeline, sources, synthetic, tfds_eval
+from rankclip_jax.data import karpathy, labelled_images, pipeline, sources, synthetic, tfds_eval
 from rankclip_jax.data.tokenizer import ClipTokenizer
 from rankclip_jax.data import pairs as pairs_lib
 from rankclip_jax.evaluation import comparative
@@ -74,6 +97,10 @@ EVALUATORS: Registry[Callable[..., Any]] = Registry("config.evals.<name>.kind")
 COMMON_FIELDS = ("kind", "every_steps")
 
 DEFAULT_COMPARATIVE_TEMPLATE = "a {} differs from a {} in shape."
+
+# The prompts of zero-shot classification on the user's own labelled images (dataset "folder" or
+# "csv") when the entry names none: OpenAI's 80 ImageNet templates.
+DEFAULT_LABELLED_TEMPLATES = "imagenet1k"
 
 
 @dataclasses.dataclass
@@ -156,8 +183,9 @@ class RetrievalEvaluator:
 
 @dataclasses.dataclass
 class LinearProbeEvaluator:
-  """Multinomial logistic regression on frozen (normalised) image embeddings of a TFDS set's train
-  split, L2 strength chosen on a stratified validation split, test top-1 (linear_probe.py)."""
+  """Multinomial logistic regression on frozen (normalised) image embeddings of a training set (a
+  TFDS set's train split, or labelled images), L2 strength chosen on a stratified validation split,
+  test top-1 (linear_probe.py)."""
 
   name: str
   train_source: Any
@@ -263,20 +291,42 @@ def _scenes(ctx: EvalContext, *, split: str, num_examples: int, min_objects: int
       caption_mode=caption_mode)
 
 
+def _labelled_source(name: str, dataset: str, path: str, *, path_field: str = "path",
+                     classes: labelled_images.Classes | None = None, need_names: bool = False,
+                     **fields) -> labelled_images.LabelledImageSource:
+  """An entry's own labelled images (dataset "folder" or "csv"); errors name its fields."""
+  return labelled_images.make_source(dataset, path, entry=f"config.evals.{name}",
+                                     path_field=path_field, classes=classes,
+                                     need_names=need_names, **fields)
+
+
 @EVALUATORS.register("zero_shot")
 def _zero_shot(name: str, ctx: EvalContext, *, dataset: str = "synthetic", task: str = "",
                split: str = "", num_examples: int = 0, min_objects: int = 1,
                max_objects: int = 1, seed: int = 0, templates: str = "", data_dir: str = "",
                comparative_alpha: float = 0.0,
-               comparative_template: str = DEFAULT_COMPARATIVE_TEMPLATE) -> ZeroShotEvaluator:
+               comparative_template: str = DEFAULT_COMPARATIVE_TEMPLATE, path: str = "",
+               class_names: str = "", image_key: str = "image", label_key: str = "label",
+               delimiter: str = "", image_root: str = "") -> ZeroShotEvaluator:
   comparative_args = dict(comparative_alpha=float(comparative_alpha),
                           comparative_template=comparative_template)
+  templates_field = f"config.evals.{name}.templates"
+  if dataset in labelled_images.LAYOUTS:
+    src = _labelled_source(name, dataset, path, class_names=class_names, image_key=image_key,
+                           label_key=label_key, delimiter=delimiter, image_root=image_root,
+                           need_names=True)
+    prompts = labelled_images.prompt_templates(templates or DEFAULT_LABELLED_TEMPLATES,
+                                               field=templates_field)
+    return ZeroShotEvaluator(name, src.evenly(int(num_examples)), src.classnames, prompts,
+                             "label", ctx.batch_size, ctx.tokenizer, ctx.image_size,
+                             **comparative_args)
   if dataset != "synthetic":
+    prompts = labelled_images.prompt_templates(templates or dataset, field=templates_field)
     src = tfds_eval.TfdsEvalSource(dataset, data_dir or ctx.eval_data_dir, split=split or None,
                                    min_size=ctx.image_size)
-    return ZeroShotEvaluator(name, _Head(src, int(num_examples)), src.classnames,
-                             tfds_eval.templates(templates or dataset), "label", ctx.batch_size,
-                             ctx.tokenizer, ctx.image_size, **comparative_args)
+    return ZeroShotEvaluator(name, _Head(src, int(num_examples)), src.classnames, prompts,
+                             "label", ctx.batch_size, ctx.tokenizer, ctx.image_size,
+                             **comparative_args)
   src = _scenes(ctx, split=split, num_examples=num_examples, min_objects=min_objects,
                 max_objects=max_objects, seed=seed)
   classnames, prompts, label_key, offset = synthetic.zero_shot_task(
@@ -317,7 +367,17 @@ def _diagnostics(name: str, ctx: EvalContext, *, split: str = "", num_examples: 
 @EVALUATORS.register("linear_probe")
 def _linear_probe(name: str, ctx: EvalContext, *, dataset: str, train_split: str = "train",
                   split: str = "", num_train: int = 0, num_examples: int = 0, data_dir: str = "",
-                  seed: int = 0) -> LinearProbeEvaluator:
+                  seed: int = 0, train_path: str = "", path: str = "", class_names: str = "",
+                  image_key: str = "image", label_key: str = "label", delimiter: str = "",
+                  image_root: str = "") -> LinearProbeEvaluator:
+  if dataset in labelled_images.LAYOUTS:
+    fields = dict(class_names=class_names, image_key=image_key, label_key=label_key,
+                  delimiter=delimiter, image_root=image_root)
+    train = _labelled_source(name, dataset, train_path, path_field="train_path", **fields)
+    test = _labelled_source(name, dataset, path, classes=train.classes, **fields)
+    return LinearProbeEvaluator(
+        name, train.evenly(int(num_train)), test.evenly(int(num_examples)), len(train.classes),
+        ctx.batch_size, ctx.tokenizer, ctx.image_size, seed=int(seed))
   data_dir = data_dir or ctx.eval_data_dir
   train_src = tfds_eval.TfdsEvalSource(dataset, data_dir, split=train_split or "train",
                                        min_size=ctx.image_size)
