@@ -20,7 +20,7 @@ import jax
 
 from rankclip_jax import metric_writer
 from rankclip_jax import sharding as shd
-from rankclip_jax.data import karpathy, synthetic, tfds_eval
+from rankclip_jax.data import files, karpathy, labelled_images, synthetic, tar_stream, tfds_eval
 from rankclip_jax.data.sources import SOURCES
 from rankclip_jax.errors import ConfigError  # re-exported: callers catch it from here
 from rankclip_jax.evaluation import evaluators as evals_lib
@@ -276,6 +276,15 @@ def _validate_source(src, field: str) -> None:
     _require(bool(path) and (not isinstance(path, str) or path.strip()),
              f"{field}.path is empty: kind={src.kind!r} reads files; give them with "
              f"--{field}.path={kind.path_example}.")
+    if src.kind == "webdataset_stream":
+      try:
+        tar_stream.parse_sources(path, src.weights, src.names, field)
+      except (tar_stream.StreamConfigError, files.DataPathError) as e:
+        _require(False, str(e))
+      _require(src.cycle_length >= 1 and src.shuffle_window >= 1,
+               f"{field}.cycle_length={src.cycle_length} and {field}.shuffle_window="
+               f"{src.shuffle_window} must be >= 1 (shards open per reader, examples per "
+               "shuffle window).")
     fraction = src.get("max_unreadable_shard_fraction", 0.1)
     _require(0 <= fraction <= 1, f"{field}.max_unreadable_shard_fraction={fraction} must be in "
              "[0, 1] (the share of tar shards that may be unreadable; 0.1 by default).")
@@ -306,17 +315,45 @@ def _validate_evals(c) -> None:
                  "see rankclip_jax/defaults.py: karpathy_retrieval.")
       continue
     if ev.kind in ("zero_shot", "linear_probe") and dataset != "synthetic":
-      _require(dataset in tfds_eval.DATASETS,
-               f"{field}.dataset={dataset!r}; choose 'synthetic' or one of "
-               f"{sorted(tfds_eval.DATASETS)}.")
-      _require(ev.get("num_examples", 0) >= 0,
-               f"{field}.num_examples must be >= 0 (0: the whole split).")
+      _require(dataset in tfds_eval.DATASETS or dataset in labelled_images.LAYOUTS,
+               f"{field}.dataset={dataset!r}; choose 'synthetic', one of "
+               f"{sorted(tfds_eval.DATASETS)}, or {' or '.join(map(repr, labelled_images.LAYOUTS))}"
+               " for your own labelled images.")
+      _validate_labelled_fields(ev, field, dataset)
       continue
-    _require(ev.kind != "linear_probe", f"{field}: linear_probe needs a TFDS `dataset`, one of "
-             f"{sorted(tfds_eval.DATASETS)}.")
+    _require(ev.kind != "linear_probe", f"{field}: linear_probe needs a `dataset`: one of "
+             f"{sorted(tfds_eval.DATASETS)}, or {' or '.join(map(repr, labelled_images.LAYOUTS))}"
+             " for your own labelled images.")
     if ev.kind == "zero_shot":
       _choose(synthetic.ZERO_SHOT_TASKS, ev.get("task"), f"{field}.task")
     _require(ev.num_examples > 0, f"{field}.num_examples must be > 0.")
+
+
+def _validate_labelled_fields(ev, field: str, dataset: str) -> None:
+  """The fields of a zero_shot or linear_probe entry on a TFDS set or on the user's own labelled
+  images (dataset "folder" or "csv"; their files are read when the evaluators are built)."""
+  _require(ev.get("num_examples", 0) >= 0,
+           f"{field}.num_examples must be >= 0 (0: the whole split or set).")
+  templates = ev.get("templates", "")
+  if templates and not labelled_images.is_templates_file(templates):
+    try:
+      tfds_eval.templates(templates)
+    except KeyError as e:
+      _require(False, f"{field}.templates={templates!r}: {e.args[0]} Or give a .json file "
+               "holding a list of templates, each with one '{}'.")
+  if dataset not in labelled_images.LAYOUTS:
+    return
+  what = ("a folder with one subfolder per class" if dataset == "folder"
+          else "a CSV/TSV of (image path, label) rows")
+  for key in ("train_path", "path") if ev.kind == "linear_probe" else ("path",):
+    value = ev.get(key, "")
+    _require(bool(value) and (not isinstance(value, str) or value.strip()),
+             f"{field}.{key} is empty: dataset={dataset!r} reads {what}; give it with "
+             f"--{field}.{key}=<path>.")
+  if dataset == "csv":
+    _require(ev.get("image_key", "image") != ev.get("label_key", "label"),
+             f"{field}.image_key and {field}.label_key are both {ev.get('image_key')!r}; name the "
+             "column of image paths and the column of labels.")
 
 
 def _validate_eval_fields(ev, field: str) -> None:
