@@ -90,3 +90,44 @@ def test_step_profile_attributes_ops_to_tower_part_and_pass():
                                     ["model.patch_dropout=0.5", "model.remat=true",
                                      "model.size=micro"])
   assert (config.model.patch_dropout, config.model.remat, config.model.size) == (0.5, True, "micro")
+
+
+def test_stream_bench_compares_both_tar_readers_on_a_cached_corpus(tmp_path):
+  """benchmarks/stream_bench.py: start-up, memory and throughput rows for both readers, measured
+  at two corpus sizes and extrapolated; the corpus is real tar shards, found again on a rerun."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from benchmarks import stream_bench  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.stream_bench", "--members", "400", "--shard_members",
+       "100", "--batch", "8", "--batches", "2", "--mem_batches", "1", "--pause", "0", "--dir",
+       str(tmp_path)],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "corpus: 400 members = 200 examples" in out and "in 4 shards of 100 members" in out, out
+  assert "corpus generation: generated in" in out and "CPUs, Python" in out, out
+  rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+          if line.startswith("| stream") or line.startswith("| random")]
+  startup = [r for r in rows if len(r) == 7]
+  memory = [r for r in rows if len(r) == 9]
+  speed = [r for r in rows if len(r) == 6]
+  for table in (startup, memory):
+    measured = {(r[0].split()[0], r[1], r[2]) for r in table if r[-1] == "measured"}
+    assert measured == {(k, s, m) for k in ("stream", "random") for s, m in (("4", "400"),
+                                                                            ("1", "100"))}, out
+    assert sum("extrapolated" in r[-1] and "100M" in r[2] for r in table) == 2, out
+  assert all(float(r[5]) > 0 for r in startup if r[-1] == "measured"), out
+  assert all(float(r[4]) >= float(r[3]) > 0 for r in memory if r[-1] == "measured"), out
+  assert [(r[0].split()[0], r[1]) for r in speed] == [("stream", "0"), ("random", "0")], out
+  assert all(float(r[2]) > 0 and float(r[4]) > 0 for r in speed) and float(speed[1][5]) > 0, out
+  shard = tmp_path / "px40-400m-100s" / "00003.tar"
+  with tarfile.open(shard) as tar:  # img2dataset's layout: <key>.jpg, <key>.txt
+    names = tar.getnames()
+  assert names[:2] == ["000000150.jpg", "000000150.txt"] and len(names) == 100
+  args = argparse.Namespace(dir=str(tmp_path), members=400, shard_members=100, photo=False,
+                            jpeg_px=40)
+  assert stream_bench.ensure_corpus(args)["reused"]
+  args.members = 402  # other parameters: another corpus
+  assert not stream_bench.ensure_corpus(args)["reused"]
