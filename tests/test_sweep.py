@@ -469,7 +469,8 @@ def test_the_report_on_runs_with_known_results(tmp_path):
     assert d["seeds"] == [0, 1] and d["n"] == 2
     assert d["mean"] == pytest.approx(np.mean(np.subtract(values_["rank"], values_["clip"][:2])))
     assert d["ci"] == [pytest.approx(want.low), pytest.approx(want.high)]
-  assert "clip" not in rep["differences"]
+  assert "clip" not in rep["differences"] and rep["compared_with"] == {"rank": "clip"}
+  assert rep["axes"] == {}  # a sweep without axes: every group against the baseline group
   # The mean loss curve per group, from the TensorBoard files: (0 + 1 + 2) / 3 + step for clip.
   assert rep["train_loss"]["clip"] == {"steps": [1, 2, 3], "mean": [2.0, 3.0, 4.0], "runs": 3}
   assert rep["train_loss"]["rank"]["mean"] == [11.5, 12.5, 13.5]
@@ -479,7 +480,8 @@ def test_the_report_on_runs_with_known_results(tmp_path):
   md = (tmp_path / "sweep" / "report.md").read_text()
   assert "### zs_shape/top1 (chance 0.1250)" in md and "`rank,seed=2`: interrupted" in md
   assert f"| clip | 3 | {np.mean(shape['clip']):.4f} | {np.std(shape['clip'], ddof=1):.4f} |" in md
-  assert "| group | n | mean | std | eval SE | 95% CI |" in md
+  assert "| group | n | mean | std | eval SE | 95% CI | - clip (paired) |" in md
+  assert "Along the axes" not in md
   # The config as the sweep stored it (absolute), shown relative to the folder the report ran in.
   assert os.path.isabs(rep["config"])
   assert f"Config `{os.path.relpath(CONFIG, REPO)}`." in md
@@ -498,6 +500,206 @@ def test_a_small_sweep_prints_its_runs_results_side_by_side(tmp_path):
   assert rows["retrieval/i2t_r1"] == [f"{v:.4f}" for v in i2t["clip"] + i2t["rank"]] + ["- |"]
   # The sweep's headline metrics first; counts (num_examples, num_images) are not metrics.
   assert list(rows) == ["zs_shape/top1", "retrieval/i2t_r1", "zs_shape/top3"]
+
+
+# Axes: each cell's groups against the baseline's group of the same cell.
+
+_METHODS = ('variants({"clip": {"loss.cross_weight": 0.0, "loss.inmodal_weight": 0.0}, '
+            '"rankclip": {}})')
+_CELLS = ('variants({"base": {}, "lr3": {"optim.learning_rate": 0.003}, '
+          '"const": {"loss.weight_schedule": "constant"}})')
+_AXES = ('{"learning_rate": [(0.001, "base"), (0.003, "lr3")], '
+         '"schedule": [("ramp", "base"), ("constant", "const")]}')
+# Known results: clip's per cell and seed, and rankclip - clip per cell and seed (rankclip,const
+# seed 2 never ran). Within its cell rankclip is ahead (base), behind (lr3) or within the noise.
+_CLIP = {"zs_shape/top1": {"base": [0.50, 0.56, 0.53], "lr3": [0.40, 0.45, 0.43],
+                           "const": [0.60, 0.62, 0.58]},
+         "retrieval/i2t_r1": {"base": [0.20, 0.22, 0.19], "lr3": [0.30, 0.25, 0.27],
+                              "const": [0.21, 0.24, 0.23]}}
+_GAIN = {"zs_shape/top1": {"base": [0.08, 0.10, 0.12], "lr3": [-0.04, -0.05, -0.06],
+                           "const": [0.01, 0.03]},
+         "retrieval/i2t_r1": {"base": [0.02, 0.00, 0.01], "lr3": [0.00, 0.01, 0.03],
+                              "const": [0.01, -0.01]}}
+
+
+def _value(metric, method, cell, seed):
+  clip = _CLIP[metric][cell][seed]
+  return clip if method == "clip" else clip + _GAIN[metric][cell][seed]
+
+
+def _axes_sweep(tmp_path):
+  """The sweep planned from a sweep file with axes (sweep.json saved), its run folders holding
+  results.json files with the known numbers above."""
+  sweep_file = _sweep_file(tmp_path, f'Sweep(runs=product({_METHODS}, {_CELLS}, values("seed", '
+                                     f'range(3))), baseline="clip", axes={_AXES}, '
+                                     'headline=("zs_shape/top1", "retrieval/i2t_r1"))')
+  plan = build.build_plan(workdir=str(tmp_path / "sweep"), config=CONFIG, command_line=[],
+                          sweep_file=sweep_file, num_devices=1)
+  plan.save()
+  for run in plan.runs:
+    method, cell = run.group.split(",")
+    if run.name == "rankclip,const,seed=2":
+      continue
+    os.makedirs(plan.run_dir(run))
+    shape = _value("zs_shape/top1", method, cell, run.seed)
+    results = {"step": 3, "zs_shape/top1": shape, "zs_shape/top3": min(1.0, shape + 0.2),
+               "zs_shape/chance": 0.125, "zs_shape/num_examples": 512,
+               "retrieval/i2t_r1": _value("retrieval/i2t_r1", method, cell, run.seed),
+               "retrieval/num_images": 256}
+    with open(os.path.join(plan.run_dir(run), "results.json"), "w") as f:
+      json.dump(results, f)
+  return plan
+
+
+def _hand_difference(gain):
+  """mean and the 95% Student t interval of a paired difference, by hand with scipy's t."""
+  n, mean = len(gain), float(np.mean(gain))
+  half = scipy_stats.t.ppf(0.975, n - 1) * np.std(gain, ddof=1) / np.sqrt(n)
+  return mean, mean - half, mean + half
+
+
+def test_the_report_along_axes_on_runs_with_known_results(tmp_path):
+  """Two axes over three cells: each cell's rankclip against that cell's clip, paired by seed,
+  in report.json (against a hand computation with scipy's t), report.md's table per axis and a
+  picture per axis; all from the sweep's folder alone (sweep.json keeps the axes)."""
+  plan = _axes_sweep(tmp_path)
+  saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert saved["baseline"] == "clip" and saved["axes"] == {
+      "learning_rate": [[0.001, "base"], [0.003, "lr3"]],
+      "schedule": [["ramp", "base"], ["constant", "const"]]}
+  rep = report.write_report(plan.workdir)
+  assert rep["compared_with"] == {"rankclip,base": "clip,base", "rankclip,lr3": "clip,lr3",
+                                  "rankclip,const": "clip,const"}
+  # `differences`: each rankclip group against its own cell's clip (lr3: -0.05 there, where
+  # against clip,base it would be -0.18).
+  for cell in ("base", "lr3", "const"):
+    for metric in ("zs_shape/top1", "retrieval/i2t_r1"):
+      d = rep["differences"][f"rankclip,{cell}"][metric]
+      gain = _GAIN[metric][cell]
+      mean, low, high = _hand_difference(gain)
+      assert d["n"] == len(gain) and d["seeds"] == list(range(len(gain)))
+      assert d["mean"] == pytest.approx(mean, abs=1e-12)
+      assert d["ci"] == [pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12)]
+      assert d["excludes_zero"] == (low > 0 or high < 0)
+  assert [c for c in ("base", "lr3", "const") if rep["differences"][f"rankclip,{c}"][
+      "zs_shape/top1"]["excludes_zero"]] == ["base", "lr3"]
+  assert not any(g.startswith("clip,") for g in rep["differences"])
+
+  # `axes`: per axis, per value (in the sweep's order), per method, per metric (headline first).
+  assert list(rep["axes"]) == ["learning_rate", "schedule"]
+  rows = rep["axes"]["schedule"]
+  assert [(r["value"], r["cell"], r["baseline_group"]) for r in rows] == [
+      ("ramp", "base", "clip,base"), ("constant", "const", "clip,const")]
+  for row in rep["axes"]["learning_rate"] + rows:
+    assert list(row["methods"]) == ["rankclip"]
+    got = row["methods"]["rankclip"]
+    assert got["group"] == f"rankclip,{row['cell']}"
+    assert list(got["metrics"]) == ["zs_shape/top1", "retrieval/i2t_r1", "zs_shape/top3"]
+    for metric, count in (("zs_shape/top1", 512), ("retrieval/i2t_r1", 256)):
+      d = got["metrics"][metric]
+      assert {k: d[k] for k in ("mean", "ci", "n", "seeds", "excludes_zero")} == {
+          k: rep["differences"][got["group"]][metric][k]
+          for k in ("mean", "ci", "n", "seeds", "excludes_zero")}
+      assert d["chance"] == (0.125 if metric == "zs_shape/top1" else None)
+      # One seed's difference: the two groups' binomial standard errors (each the root mean
+      # square over the group's finished runs) combined.
+      seeds = {"clip": range(3), "rankclip": range(len(_GAIN[metric][row["cell"]]))}
+      var = {m: np.mean([(lambda p: p * (1 - p) / count)(_value(metric, m, row["cell"], s))
+                         for s in seeds[m]]) for m in seeds}
+      assert d["eval_se"] == pytest.approx(np.sqrt(var["clip"] + var["rankclip"]), rel=1e-12)
+    assert got["metrics"]["zs_shape/top3"]["chance"] == 0.375
+
+  # report.md: a table per axis, a row per value, the headline metrics' differences.
+  md = (tmp_path / "sweep" / "report.md").read_text()
+  def cell(metric, cell_):
+    mean, low, high = _hand_difference(_GAIN[metric][cell_])
+    return f"{mean:+.4f} [{low:.4f}, {high:.4f}]" + (" *" if low > 0 or high < 0 else "")
+  assert "differences are against the `clip` group of the same cell, paired by seed." in md
+  assert "### learning_rate: rankclip - clip" in md and "### schedule: rankclip - clip" in md
+  assert "| learning_rate | cell | pairs | zs_shape/top1 | retrieval/i2t_r1 |" in md
+  for value, cell_, pairs in (("0.001", "base", 3), ("0.003", "lr3", 3), ("ramp", "base", 3),
+                              ("constant", "const", 2)):
+    row = (f"| {value} | `{cell_}` | {pairs} | {cell('zs_shape/top1', cell_)} | "
+           f"{cell('retrieval/i2t_r1', cell_)} |")
+    assert row in md, (row, md)
+  assert "| 0.001 | `base` | 3 | +0.1000 [0.0503, 0.1497] * |" in md
+  assert "| 0.003 | `lr3` | 3 | -0.0500 [-0.0748, -0.0252] * |" in md
+  assert "Chance levels: `zs_shape/top1` 0.1250 (" in md
+  assert "Evaluation noise of one seed's difference" in md and "`retrieval/i2t_r1` 0.0" in md
+  assert "- clip of its cell (paired)" in md  # the per-metric tables say which clip
+  # One picture per axis: a real PNG, linked from report.md.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for axis in ("learning_rate", "schedule"):
+    path = rep["axis_pictures"][axis]
+    assert path == f"report_pictures/axis_{axis}.png" and f"![{axis}]({path})" in md
+    data = (tmp_path / "sweep" / path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "sweep" / path) as picture:
+      picture.verify()
+      assert picture.format == "PNG" and picture.size[0] > 400 and picture.size[1] > 200
+
+
+def test_a_sweep_json_without_axes_still_loads_and_reports_as_before(tmp_path):
+  """sweep.json files written before axes existed have no `axes` field."""
+  plan, shape, _ = _fabricated_sweep(tmp_path / "sweep")
+  data = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert data.pop("axes") == {}
+  (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(data))
+  assert Plan.load(plan.workdir).axes == {}
+  rep = report.build(plan.workdir)
+  assert rep["axes"] == {} and list(rep["differences"]) == ["rank"]
+  assert rep["differences"]["rank"]["zs_shape/top1"]["mean"] == pytest.approx(
+      np.mean(np.subtract(shape["rank"], shape["clip"][:2])))
+
+
+_SEED0 = 'values("seed", [0])'
+
+
+@pytest.mark.parametrize("runs,extra,facts", [
+    (f"product({_METHODS}, {_CELLS}, {_SEED0})",
+     'baseline="clip", axes={"lr": [(0.001, "base"), (0.005, "lr5")]}',
+     ["axes['lr']: the cell 'lr5' (value 0.005) is none of the cells of the sweep's groups: "
+      "base, lr3, const"]),
+    (f'chain(product({_METHODS}, variants({{"base": {{}}}}), {_SEED0}), product(variants('
+     f'{{"rankclip": {{}}}}), variants({{"lr3": {{"optim.learning_rate": 0.003}}}}), {_SEED0}))',
+     'baseline="clip", axes={"lr": [(0.001, "base"), (0.003, "lr3")]}',
+     ["cell 'lr3' has no baseline group 'clip,lr3' to compare its groups (rankclip,lr3) with"]),
+    (f"product({_METHODS}, {_CELLS}, {_SEED0})",
+     'baseline="clip", axes={"lr": [(0.001, "base"), (0.001, "lr3")]}',
+     ["axes['lr']: the value 0.001 is given twice", "distinct"]),
+    (f"product({_METHODS}, {_CELLS}, {_SEED0})",
+     'baseline="clip,base", axes={"lr": [(0.001, "base")]}',
+     ["baseline='clip,base' is a label of none of the sweep's groups",
+      "baseline names the method label"]),
+    (f"product({_METHODS}, {_CELLS}, {_SEED0})", 'axes={"lr": [(0.001, "base")]}',
+     ["give baseline= the method label"]),
+    (f"product({_METHODS}, {_CELLS}, {_SEED0})",
+     'baseline="clip", axes={"lr": [([1], "base")]}',
+     ["axes['lr']: the value [1] must be a string, a finite number or a bool"]),
+])
+def test_axes_that_cannot_work_are_refused_before_anything_is_written(tmp_path, runs, extra, facts):
+  path = _sweep_file(tmp_path, f"Sweep(runs={runs}, {extra})")
+  with pytest.raises(SweepError) as e:
+    build.build_plan(workdir=str(tmp_path / "out"), config=CONFIG, command_line=[],
+                     sweep_file=path, num_devices=1)
+  assert str(e.value).startswith(f"--sweep={path}: "), str(e.value)
+  for fact in facts:
+    assert fact in str(e.value), (fact, str(e.value))
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_json_with_axes_that_cannot_work_names_the_file(tmp_path):
+  plan, _, _ = _fabricated_sweep(tmp_path / "sweep")
+  path = tmp_path / "sweep" / "sweep.json"
+  data = json.loads(path.read_text())
+  data["axes"] = {"x": [[1, "a"], [1, "b"]]}
+  path.write_text(json.dumps(data))
+  with pytest.raises(SweepError, match=re.escape(f"{path}: axes['x']: the value 1 is given twice")):
+    Plan.load(plan.workdir)
+  data["axes"] = {"x": [[1, "clip"]]}  # the groups `clip` and `rank` have no cell
+  path.write_text(json.dumps(data))
+  with pytest.raises(SweepError, match=re.escape(f"{path}: group 'clip' has no method label")):
+    report.build(plan.workdir)
 
 
 # Devices and other schedulers.
@@ -626,3 +828,18 @@ def test_the_study_files_build_every_run():
                              sweep_file=os.path.join(REPO, "configs/sweeps/ranking_weights.py"),
                              num_devices=1)
   assert len(weights.runs) == 21 and len({r.group for r in weights.runs}) == 7
+
+
+def test_the_regimes_study_compares_each_cell_with_its_own_clip():
+  """configs/sweeps/regimes.py (2 seeds): every run validated on the benchmark config, its axes
+  saved in the plan, and each cell's RankCLIP compared with that cell's CLIP."""
+  from configs.sweeps import regimes  # pylint: disable=g-import-not-at-top
+  plan = build.build_plan(workdir="unused", config=os.path.join(REPO, "configs/bench_synthetic.py"),
+                          command_line=[], num_devices=1,
+                          sweep_file=os.path.join(REPO, "configs/sweeps/regimes.py:2"))
+  assert len(plan.runs) == 2 * len(regimes.CELLS) * 2 and plan.baseline == "clip"
+  assert plan.axes == {axis: [list(p) for p in pairs] for axis, pairs in regimes.AXES.items()}
+  groups = list(dict.fromkeys(r.group for r in plan.runs))
+  assert report.compared_with(plan, groups) == {f"rankclip,{c}": f"clip,{c}"
+                                                for c in regimes.CELLS}
+  assert {c for pairs in regimes.AXES.values() for _, c in pairs} == set(regimes.CELLS)

@@ -3,7 +3,9 @@ it (cli.check_command_line on main.py's flags) and its config validated (validat
 any run starts, so that an unknown field, a value of the wrong type or a value that cannot work in
 any one run stops the sweep with one line naming the run and the field. So do a run named like one
 of the sweep's own files (sweep.json, the report), and a path or override holding a control
-character (plan.check_one_line). Building a plan writes nothing.
+character (plan.check_one_line). A sweep with axes compares each cell's groups with the baseline's
+group of that cell: every cell an axis names must be a cell of the runs, and every cell must have
+its baseline's group (grid.cells). Building a plan writes nothing.
 """
 
 from __future__ import annotations
@@ -118,9 +120,15 @@ def build_plan(*, workdir: str, config: str, command_line: Sequence[str], sweep_
     runs.append(PlannedRun(index=i, name=run.name, group=run.group, seed=int(c.seed),
                            overrides=dict(run.overrides), flags=run_flags))
   groups = list(dict.fromkeys(r.group for r in runs))
-  if sweep.baseline and sweep.baseline not in groups:
+  try:
+    axes = grid.check_axes(sweep.axes)
+    if axes:  # each cell's groups against the baseline's group of that cell
+      grid.cells(groups, sweep.baseline, axes)
+  except SweepError as e:
+    raise SweepError(f"--sweep={sweep_file}: {e}") from None
+  if not axes and sweep.baseline and sweep.baseline not in groups:
     raise SweepError(f"--sweep={sweep_file}: baseline={sweep.baseline!r} is none of the sweep's "
                      f"groups: {', '.join(groups)}.")
   return Plan(workdir=os.path.abspath(workdir), config=config, common_flags=list(command_line),
               runs=runs, baseline=sweep.baseline, headline=list(sweep.headline),
-              sweep_file=os.path.abspath(sweep_file))
+              sweep_file=os.path.abspath(sweep_file), axes=axes)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import itertools
+import math
 import re
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -114,10 +115,18 @@ def chain(*axes: Sequence[Run]) -> list[Run]:
 class Sweep:
   """What a sweep file's get_sweep() returns: the runs, the group the others are compared with
   (a group is the runs that differ only in `seed`; its name is theirs without the seed), and the
-  headline metrics pictured in the report (default: every `*/top1` and `*_r1` metric)."""
+  headline metrics pictured in the report (default: every `*/top1` and `*_r1` metric).
+
+  `axes` ({axis: [(axis value, cell), ...]}, in the order the axis is drawn) compares within
+  cells: each group's name is then a method label and a cell (its other labels, e.g.
+  `rankclip,objects5`: method `rankclip`, cell `objects5`), `baseline` names the method label (e.g.
+  `clip`), and every group is compared with the baseline's group of its own cell (the group's name
+  with its method label replaced by the baseline's: `clip,objects5`). The report then gives, per
+  axis, each method's difference from the baseline at each axis value (see `cells`)."""
   runs: Sequence[Run]
   baseline: str = ""
   headline: Sequence[str] = ()
+  axes: Mapping[str, Sequence[tuple[Any, str]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,4 +214,87 @@ def name_runs(runs: Sequence[Run]) -> list[NamedRun]:
                        "only in the seed) but their overrides differ in more than the seed; "
                        "name what differs (variants() labels, values(..., name=...)).")
     out.append(NamedRun(name, group, overrides))
+  return out
+
+
+def check_axes(axes: Any) -> dict[str, list[list]]:
+  """The sweep's axes as sweep.json keeps them, {axis: [[value, cell], ...]}; SweepError unless
+  every axis is a non-empty list of (value, cell) pairs with distinct values and distinct cells,
+  each value a string, a number or a bool (JSON keeps it as it is)."""
+  if not isinstance(axes, Mapping):
+    raise SweepError(f"axes must be a dict {{axis: [(value, cell), ...]}}, not {axes!r}.")
+  out = {}
+  for axis, pairs in axes.items():
+    where = f"axes[{axis!r}]"
+    if not isinstance(axis, str) or not axis.strip():
+      raise SweepError(f"{where}: an axis is named by a non-empty string.")
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+      raise SweepError(f"{where} must be a non-empty list of (value, cell) pairs, not {pairs!r}.")
+    out[axis] = []
+    for pair in pairs:
+      if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise SweepError(f"{where}: {pair!r} is not a (value, cell) pair, e.g. (5, 'objects5').")
+      value, cell = pair
+      if not isinstance(value, (str, int, float)) or (
+          isinstance(value, float) and not math.isfinite(value)):
+        raise SweepError(f"{where}: the value {value!r} must be a string, a finite number or a "
+                         "bool (sweep.json keeps it).")
+      if not isinstance(cell, str) or not cell:
+        raise SweepError(f"{where}: the cell of value {value!r} must be a group's cell label "
+                         f"(e.g. 'base'), not {cell!r}.")
+      for earlier, earlier_cell in out[axis]:
+        if earlier == value:
+          raise SweepError(f"{where}: the value {value!r} is given twice (cells {earlier_cell!r} "
+                           f"and {cell!r}); an axis's values are distinct.")
+        if earlier_cell == cell:
+          raise SweepError(f"{where}: the cell {cell!r} is given twice (values {earlier!r} and "
+                           f"{value!r}); each value of an axis is its own cell.")
+      out[axis].append([value, cell])
+  return out
+
+
+def cells(groups: Sequence[str], baseline: str, axes: Mapping[str, Sequence[Sequence[Any]]]
+          ) -> dict[str, dict[str, str]]:
+  """{cell: {method label: group}} of a sweep with axes, cells and methods in the order of
+  `groups`. A group's labels are its name split at ','; its method label is the one at the
+  position where `baseline`'s label stands, its cell the other labels joined (`rankclip,objects5`
+  -> method `rankclip`, cell `objects5`; the cell may hold several labels, `lr=0.001,w=0.5`).
+  SweepError unless the baseline label stands at one position, every group has a method label and
+  a cell, every cell named in `axes` is a cell of the groups, and every cell has its baseline's
+  group (to compare the cell's other groups with)."""
+  if not baseline:
+    raise SweepError("a sweep with axes compares each cell's groups with the baseline's group of "
+                     "that cell: give baseline= the method label (e.g. baseline='clip').")
+  labels = {g: g.split(NAME_SEPARATOR) for g in groups}
+  positions = sorted({i for parts in labels.values() for i, l in enumerate(parts) if l == baseline})
+  if not positions:
+    raise SweepError(f"baseline={baseline!r} is a label of none of the sweep's groups "
+                     f"({', '.join(groups)}); with axes, baseline names the method label "
+                     "compared within each cell (e.g. 'clip' for the groups 'clip,base', "
+                     "'rankclip,base').")
+  if len(positions) > 1:
+    raise SweepError(f"baseline={baseline!r} stands at positions {[p + 1 for p in positions]} of "
+                     "the groups' names; with axes the method label has one position in every "
+                     "group's name.")
+  at = positions[0]
+  out: dict[str, dict[str, str]] = {}
+  for g, parts in labels.items():
+    if len(parts) < 2 or at >= len(parts):
+      raise SweepError(f"group {g!r} has no method label at position {at + 1} (where "
+                       f"{baseline!r} stands) and a cell besides; with axes every group is a "
+                       f"method label and a cell, e.g. '{baseline},base'.")
+    cell = NAME_SEPARATOR.join(parts[:at] + parts[at + 1:])
+    out.setdefault(cell, {})[parts[at]] = g
+  for axis, pairs in axes.items():
+    for value, cell in pairs:
+      if cell not in out:
+        raise SweepError(f"axes[{axis!r}]: the cell {cell!r} (value {value!r}) is none of the "
+                         f"cells of the sweep's groups: {', '.join(out)}.")
+  for cell, methods in out.items():
+    if baseline not in methods:
+      want = NAME_SEPARATOR.join(cell.split(NAME_SEPARATOR)[:at] + [baseline]
+                                 + cell.split(NAME_SEPARATOR)[at:])
+      raise SweepError(f"cell {cell!r} has no baseline group {want!r} to compare its groups "
+                       f"({', '.join(methods.values())}) with; add the {baseline!r} runs of that "
+                       "cell or leave the cell out of the sweep.")
   return out

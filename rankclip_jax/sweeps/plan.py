@@ -24,7 +24,7 @@ import re
 import sys
 from typing import Any, Optional
 
-from rankclip_jax.sweeps.grid import SweepError, check_name
+from rankclip_jax.sweeps.grid import SweepError, check_axes, check_name
 
 PLAN_FILE = "sweep.json"
 RESULTS_FILE = "results.json"
@@ -79,9 +79,12 @@ class Plan:
   config: str  # the --config value, its file absolute (with its ':argument', if any)
   common_flags: list[str]  # the sweep command's own --config.* overrides, applied to every run
   runs: list[PlannedRun]
-  baseline: str = ""
+  baseline: str = ""  # a group; with axes, the method label compared within each cell
   headline: list[str] = dataclasses.field(default_factory=list)
   sweep_file: str = ""
+  # {axis: [[value, cell], ...]} (grid.check_axes); empty (and absent from older sweep.json
+  # files): no axes.
+  axes: dict[str, list[list]] = dataclasses.field(default_factory=dict)
 
   def run_dir(self, run: PlannedRun) -> str:
     return run.workdir(self.workdir)
@@ -110,6 +113,10 @@ class Plan:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
     data["runs"] = [PlannedRun(**r) for r in data["runs"]]
+    try:
+      data["axes"] = check_axes(data.get("axes", {}))
+    except SweepError as e:
+      raise SweepError(f"{path}: {e}") from None
     for run in data["runs"]:  # each names a folder: never the sweep's own, its parent, or beyond
       check_name(run.name, f"{path}: run {run.name!r}")
     plan = cls(**data)

@@ -9,6 +9,9 @@ from the plan (sweep.json) and what the run folders hold:
   the group's runs), so that a reader sees whether the evaluation sets are large enough (its error
   well below the spread over seeds);
 - per group against the sweep's baseline group: the difference paired by seed, with its interval;
+  with axes (grid.Sweep.axes), against the baseline's group of the group's own cell, and per axis,
+  per axis value and per method the difference from the baseline at that value, with the chance
+  level and the evaluation noise of one seed's difference (pictured per axis);
 - the mean training loss curve per group (TensorBoard's train/loss of each finished run);
 - the runs still missing, each with what its folder says (never started, interrupted at a
   checkpoint, failed with its error line).
@@ -22,8 +25,9 @@ import os
 import re
 from typing import Any, Optional, Sequence
 
-from rankclip_jax.sweeps import plots, rundir, stats
-from rankclip_jax.sweeps.plan import RESULTS_FILE, Plan
+from rankclip_jax.sweeps import grid, plots, rundir, stats
+from rankclip_jax.sweeps.grid import SweepError
+from rankclip_jax.sweeps.plan import PLAN_FILE, RESULTS_FILE, Plan
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -122,6 +126,60 @@ def _rms(xs: Optional[list[float]]) -> Optional[float]:
   return math.sqrt(math.fsum(x * x for x in xs) / len(xs)) if xs else None
 
 
+def _cells(plan: Plan, groups: Sequence[str]) -> dict[str, dict[str, str]]:
+  """{cell: {method: group}} of a plan with axes (grid.cells), {} without."""
+  if not plan.axes:
+    return {}
+  try:
+    return grid.cells(groups, plan.baseline, plan.axes)
+  except SweepError as e:
+    raise SweepError(f"{os.path.join(plan.workdir, PLAN_FILE)}: {e}") from None
+
+
+def compared_with(plan: Plan, groups: Sequence[str]) -> dict[str, str]:
+  """{group: the group its differences are against}: the baseline group, or with axes the
+  baseline's group of the group's own cell; the baseline groups themselves have none."""
+  if plan.axes:
+    return {g: methods[plan.baseline] for methods in _cells(plan, groups).values()
+            for method, g in methods.items() if method != plan.baseline}
+  if plan.baseline in groups:
+    return {g: plan.baseline for g in groups if g != plan.baseline}
+  return {}
+
+
+def _combined(a: Optional[float], b: Optional[float]) -> Optional[float]:
+  """The standard error of a difference of two independent values: sqrt(a^2 + b^2)."""
+  return None if a is None or b is None else math.sqrt(a * a + b * b)
+
+
+def _axes(plan: Plan, cells: dict[str, dict[str, str]], groups: dict[str, Any],
+          differences: dict[str, Any], ordered: Sequence[str]) -> dict[str, list]:
+  """{axis: [{value, cell, baseline_group, methods: {method: {group, metrics: {metric: the
+  paired difference from the cell's baseline group, its chance level and eval_se}}}}, ...]}, the
+  axis values in the sweep's order, the metrics in `ordered`'s. eval_se is the evaluation noise of
+  one seed's difference: the two groups' eval SE combined, sqrt(a^2 + b^2)."""
+  methods = list(dict.fromkeys(m for by_method in cells.values() for m in by_method
+                               if m != plan.baseline))
+  out = {}
+  for axis, pairs in plan.axes.items():
+    rows = []
+    for value, cell in pairs:
+      base = cells[cell][plan.baseline]
+      row = {"value": value, "cell": cell, "baseline_group": base, "methods": {}}
+      for method in methods:
+        g = cells[cell].get(method)
+        if g is None:
+          continue
+        row["methods"][method] = {"group": g, "metrics": {
+            m: dict(differences[g][m], chance=groups[g]["metrics"][m]["chance"],
+                    eval_se=_combined(groups[g]["metrics"][m]["eval_se"],
+                                      groups[base]["metrics"][m]["eval_se"]))
+            for m in ordered}}
+      rows.append(row)
+    out[axis] = rows
+  return out
+
+
 def build(workdir: str) -> dict[str, Any]:
   """The report's numbers (report.json's content, without the pictures)."""
   plan = Plan.load(workdir)
@@ -145,7 +203,8 @@ def build(workdir: str) -> dict[str, Any]:
         if se is not None:
           g["eval_se"].setdefault(m, []).append(se)
   out_groups, differences, curves = {}, {}, {}
-  base = groups.get(plan.baseline)
+  cells = _cells(plan, list(groups))
+  against = compared_with(plan, list(groups))
   for name, g in groups.items():
     out_groups[name] = {
         "runs": g["runs"], "seeds": g["seeds"],
@@ -153,7 +212,8 @@ def build(workdir: str) -> dict[str, Any]:
                             chance=chance.get(m), eval_se=_rms(g["eval_se"].get(m)),
                             values=g["values"].get(m, {}))
                     for m in metrics}}
-    if base is not None and name != plan.baseline:
+    if name in against:
+      base = groups[against[name]]
       differences[name] = {}
       for m in metrics:
         summary, seeds = stats.paired_difference(g["values"].get(m, {}),
@@ -163,6 +223,8 @@ def build(workdir: str) -> dict[str, Any]:
     finished = [plan.run_dir(r) for r in plan.runs if r.group == name and r.name in results]
     curves[name] = _mean_curve([c for c in map(logged_scalars, finished) if c])
   first = next(iter(results.values()), {})
+  headline = [m for m in (plan.headline or headline_keys(first)) if m in metrics]
+  ordered = headline + [m for m in metrics if m not in headline]
   return {
       "workdir": plan.workdir, "sweep_file": plan.sweep_file, "config": plan.config,
       "common_flags": plan.common_flags, "baseline": plan.baseline,
@@ -172,8 +234,10 @@ def build(workdir: str) -> dict[str, Any]:
       "finished": len(results), "total": len(plan.runs),
       "missing": [r.name for r in plan.runs if r.name not in results],
       "metrics": metrics,
-      "headline": [m for m in (plan.headline or headline_keys(first)) if m in metrics],
+      "headline": headline,
       "chance": chance, "groups": out_groups, "differences": differences,
+      "compared_with": against,
+      "axes": _axes(plan, cells, out_groups, differences, ordered) if plan.axes else {},
       "train_loss": curves,
   }
 
@@ -198,8 +262,73 @@ def _shown(path: str) -> str:
   return path if rel.startswith(os.pardir) else rel
 
 
+def _difference(d: dict) -> str:
+  """A paired difference as `mean [low, high]` (`*`: the interval excludes 0)."""
+  if d["mean"] is None:
+    return "-"
+  if d["ci"] is None:
+    return f"{d['mean']:+.4f}"
+  return f"{d['mean']:+.4f} {_ci(d)}" + (" *" if d["excludes_zero"] else "")
+
+
+def _span(xs: Sequence[float]) -> str:
+  """`0.0210`, or `0.0210-0.0230` where the values differ."""
+  low, high = _num(min(xs)), _num(max(xs))
+  return low if low == high else f"{low}-{high}"
+
+
+def _escaped(value: Any) -> str:
+  return str(value).replace("|", "\\|")
+
+
+def axes_markdown(rep: dict[str, Any]) -> list[str]:
+  """Per axis: its picture and a table, a row per axis value (and method), a column per headline
+  metric holding the difference from the baseline in that value's cell; then the metrics' chance
+  levels and the evaluation noise of one seed's difference."""
+  if not rep.get("axes"):
+    return []
+  pct, base, headline = f"{rep['confidence']:.0%}", rep["baseline"], rep["headline"]
+  lines = ["## Along the axes", "",
+           f"At each value of an axis, its cell's groups against the `{base}` group of the same "
+           f"cell, paired by seed: the mean difference and its {pct} Student t interval (`*`: the "
+           "interval excludes 0); `pairs`: the seeds both groups finished.", ""]
+  for axis, rows in rep["axes"].items():
+    methods = list(dict.fromkeys(m for row in rows for m in row["methods"]))
+    several = len(methods) > 1
+    lines += [f"### {axis}" + (": " if methods else "") + ", ".join(f"{m} - {base}"
+                                                                for m in methods), ""]
+    picture = rep.get("axis_pictures", {}).get(axis)
+    if picture:
+      lines += [f"![{axis}]({picture})", ""]
+    columns = [_escaped(axis), "cell"] + (["method"] if several else []) + ["pairs"] + headline
+    lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for row in rows:
+      for method, d in row["methods"].items():
+        ns = sorted({d["metrics"][m]["n"] for m in headline})
+        pairs = "-" if not ns else f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        lines.append("| " + " | ".join(
+            [_escaped(row["value"]), f"`{row['cell']}`"] + ([method] if several else [])
+            + [pairs] + [_difference(d["metrics"][m]) for m in headline]) + " |")
+    chance = [f"`{m}` {_num(rep['chance'][m])}" for m in headline if m in rep["chance"]]
+    noise = []
+    for m in headline:
+      ses = [d["metrics"][m]["eval_se"] for row in rows for d in row["methods"].values()
+             if d["metrics"][m]["eval_se"] is not None]
+      if ses:
+        noise.append(f"`{m}` {_span(ses)}")
+    lines += [""] + ([("Chance levels: " + ", ".join(chance) + " (a difference is in the "
+                       "metric's own units; each group's level beside chance is in the tables "
+                       "below).")] if chance else []) + (
+        [("Evaluation noise of one seed's difference (the two groups' `eval SE` combined, "
+          "sqrt(a^2 + b^2)), over the axis's cells: " + ", ".join(noise) + ".")] if noise else [])
+    lines.append("")
+  return lines
+
+
 def markdown(rep: dict[str, Any]) -> str:
   pct = f"{rep['confidence']:.0%}"
+  against = (f"the `{rep['baseline']}` group of the same cell" if rep.get("axes")
+             else f"`{rep['baseline']}`")
   lines = [f"# Sweep report: {os.path.basename(rep['sweep_file']) or rep['workdir']}", "",
            f"{rep['finished']} of {rep['total']} runs finished. Config `{_shown(rep['config'])}`"
            + (f" with `{' '.join(rep['common_flags'])}`" if rep["common_flags"] else "") + ".",
@@ -207,12 +336,13 @@ def markdown(rep: dict[str, Any]) -> str:
            "intervals of the mean over seeds; `eval SE` is the evaluation noise of one run's "
            "value (binomial standard error on its evaluation examples, root mean square over "
            "the group), to set beside the seeds' `std`" + (
-               f"; differences are against `{rep['baseline']}`, paired by seed." if
+               f"; differences are against {against}, paired by seed." if
                rep["baseline"] else "."), ""]
   if rep["missing"]:
     lines += ["## Missing runs", ""]
     status = {r["name"]: r["status"] for r in rep["runs"]}
     lines += [f"- `{name}`: {status[name]}" for name in rep["missing"]] + [""]
+  lines += axes_markdown(rep)
   ordered = _ordered_metrics(rep)
   for i, m in enumerate(ordered):
     if i == 0:
@@ -227,7 +357,8 @@ def markdown(rep: dict[str, Any]) -> str:
     head = "| group | n | mean | std | eval SE | " + pct + " CI |"
     rule = "|---|---|---|---|---|---|"
     if rep["baseline"]:
-      head += f" - {rep['baseline']} (paired) | {pct} CI | pairs |"
+      head += (f" - {rep['baseline']}{' of its cell' if rep.get('axes') else ''} (paired) | "
+               f"{pct} CI | pairs |")
       rule += "---|---|---|"
     lines += [head, rule]
     for g, info in rep["groups"].items():
@@ -268,8 +399,10 @@ def side_by_side(rep: dict[str, Any]) -> str:
 def write_report(workdir: str) -> dict[str, Any]:
   """Builds the report and writes report.json, report.md and the pictures; returns the report."""
   rep = build(workdir)
-  rep["pictures"] = plots.write_pictures(rep, os.path.join(rep["workdir"], PICTURES), LOSS_TAG)
-  rep["pictures"] = {k: os.path.relpath(v, rep["workdir"]) for k, v in rep["pictures"].items()}
+  folder = os.path.join(rep["workdir"], PICTURES)
+  for key, pictures in (("pictures", plots.write_pictures(rep, folder, LOSS_TAG)),
+                        ("axis_pictures", plots.write_axis_pictures(rep, folder))):
+    rep[key] = {k: os.path.relpath(v, rep["workdir"]) for k, v in pictures.items()}
   for name, text in ((REPORT_JSON, json.dumps(rep, indent=2)), (REPORT_MD, markdown(rep))):
     path = os.path.join(rep["workdir"], name)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
