@@ -78,6 +78,18 @@ def test_each_example_once_per_epoch_disjoint_hosts_and_a_new_order_each_epoch(c
   assert again[0] == per_host[0][0] and again[1] == per_host[0][1]
 
 
+def test_worker_processes_read_disjoint_shards(corpus):
+  """grain gives worker w of W the slice w::W of the pipeline's tasks (set_slice, as mp_prefetch
+  does): the workers of a process read disjoint shards, together all of the process's."""
+  src = _source(corpus["pattern"])
+  shards = []
+  for w in range(2):
+    ds = tar_stream.record_stream(src, seed=0)
+    ds._parent.set_slice(slice(w, None, 2))  # the window shuffle's parent: the interleave
+    shards.append({s for s, _ in _by_epoch(_take(ds, 30))[0]})
+  assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(6))
+
+
 def test_fewer_shards_than_processes_split_the_examples_and_nobody_waits(tmp_path, caplog):
   fx = F.write_tar_shards(str(tmp_path / "two"), num_good=20, num_shards=2)
   src = _source(fx["pattern"])
@@ -232,10 +244,13 @@ def test_killed_streaming_run_resumes_with_main_py_to_the_uninterrupted_result(t
   from test_data_sources import _final_state, _logged_skips, _real_data_config
   from test_train import _run_steps
   F.write_tar_shards(str(tmp_path / "tars"), num_good=24, num_shards=3)
+  F.write_tar_shards(str(tmp_path / "more"), num_good=12, num_shards=2, seed=1)
   F.damaged_shards(str(tmp_path / "tars/00000.tar"), str(tmp_path / "damaged"))
   os.replace(tmp_path / "damaged/cut_at_header.tar", tmp_path / "tars/cut.tar")
-  path = str(tmp_path / "tars")
-  overrides = {"data.train.cycle_length": 2, "data.train.shuffle_window": 16}
+  path = f"{tmp_path / 'tars'}::{tmp_path / 'more'}"  # two sources, 2:1
+  # Four shards open: the cut one (5 examples before its damage) is read through in the first step.
+  overrides = {"data.train.cycle_length": 4, "data.train.shuffle_window": 16,
+               "data.train.weights": "2::1"}
   config = _real_data_config("webdataset_stream", path, **overrides)
   workdir = str(tmp_path / "run")
   _run_steps(_real_data_config("webdataset_stream", path, **overrides), workdir, stop_after=2)
@@ -263,3 +278,11 @@ def test_killed_streaming_run_resumes_with_main_py_to_the_uninterrupted_result(t
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7,
                                err_msg=jax.tree_util.keystr(key))
   assert len(SKIP_KINDS) == len(state.data_skipped)
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
+  acc.Reload()
+  shares = {n: [float(tensor_util.make_ndarray(e.tensor_proto))
+                for e in acc.Tensors(f"data/source_share/{n}")] for n in ("tars", "more")}
+  assert shares["tars"] and all(abs(a + b - 1) < 1e-6 for a, b in zip(*shares.values()))
+  assert 0.5 < np.mean(shares["tars"]) < 0.85, shares  # 2/3, over windows of a few batches
