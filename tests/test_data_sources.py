@@ -351,6 +351,24 @@ def _mixed_tar_corpus(tmp_path):
   return src, kinds, damaged
 
 
+def resume_with_main_py(tmp_path, kind, path, overrides, workdir):
+  """`python main.py` on `workdir` with _real_data_config(kind, path, **overrides), as a user
+  resumes a killed run; the finished process (asserted to have succeeded)."""
+  import subprocess
+  import sys
+  tests = os.path.dirname(os.path.abspath(__file__))
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      f"import sys\nsys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\n"
+      "from test_data_sources import _real_data_config\n\n\ndef get_config():\n"
+      f"  return _real_data_config({kind!r}, {path!r}, **{overrides!r})\n")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(tests), "main.py"), f"--config={config_file}",
+       f"--workdir={workdir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
 def test_interrupted_training_on_damaged_tar_shards_resumes_where_it_stopped(tmp_path):
   """A corpus of good and damaged shards, trained in-process, stopped after step 2 (like a kill)
   and resumed to step 4 by `python main.py`: the run trains to the end and names each damaged
@@ -358,8 +376,6 @@ def test_interrupted_training_on_damaged_tar_shards_resumes_where_it_stopped(tmp
   the metrics and the checkpoint; and the data position comes back with the checkpoint, so the run
   ends with the parameters of 4 uninterrupted steps (a repeated or skipped stretch of data would
   change them). Batch-level equality is checked above."""
-  import subprocess
-  import sys
   import jax
   from rankclip_jax import train
   from test_train import _run_steps
@@ -370,16 +386,7 @@ def test_interrupted_training_on_damaged_tar_shards_resumes_where_it_stopped(tmp
   workdir = str(tmp_path / "run")
   _run_steps(_real_data_config("webdataset", path, **overrides), workdir, stop_after=2)
   assert _final_state(config, workdir)[0] == 2
-  tests = os.path.dirname(os.path.abspath(__file__))
-  config_file = tmp_path / "config.py"
-  config_file.write_text(
-      f"import sys\nsys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\n"
-      "from test_data_sources import _real_data_config\n\n\ndef get_config():\n"
-      f"  return _real_data_config('webdataset', {path!r}, **{overrides!r})\n")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(tests), "main.py"), f"--config={config_file}",
-       f"--workdir={workdir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  proc = resume_with_main_py(tmp_path, "webdataset", path, overrides, workdir)
   for kind, shard in damaged.items():
     assert sum(f"Tar shard {shard}" in line for line in proc.stderr.splitlines()) == 1, kind
   step, state = _final_state(config, workdir)

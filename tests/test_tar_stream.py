@@ -237,11 +237,10 @@ def test_killed_streaming_run_resumes_with_main_py_to_the_uninterrupted_result(t
   """Trained in-process to step 2 and stopped (as a kill would), then resumed by `python main.py`
   to step 4: the skip counts (with a damaged shard's) and the parameters equal those of 4
   uninterrupted steps, which a repeated or skipped example would change."""
-  import subprocess
-  import sys
   import jax
   from rankclip_jax import train
-  from test_data_sources import _final_state, _logged_skips, _real_data_config
+  from test_data_sources import (_final_state, _logged_skips, _real_data_config,
+                                 resume_with_main_py)
   from test_train import _run_steps
   F.write_tar_shards(str(tmp_path / "tars"), num_good=24, num_shards=3)
   F.write_tar_shards(str(tmp_path / "more"), num_good=12, num_shards=2, seed=1)
@@ -255,16 +254,7 @@ def test_killed_streaming_run_resumes_with_main_py_to_the_uninterrupted_result(t
   workdir = str(tmp_path / "run")
   _run_steps(_real_data_config("webdataset_stream", path, **overrides), workdir, stop_after=2)
   assert _final_state(config, workdir)[0] == 2
-  tests = os.path.dirname(os.path.abspath(__file__))
-  config_file = tmp_path / "config.py"
-  config_file.write_text(
-      f"import sys\nsys.path[:0] = [{tests!r}, {os.path.dirname(tests)!r}]\n"
-      "from test_data_sources import _real_data_config\n\n\ndef get_config():\n"
-      f"  return _real_data_config('webdataset_stream', {path!r}, **{overrides!r})\n")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(tests), "main.py"), f"--config={config_file}",
-       f"--workdir={workdir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  resume_with_main_py(tmp_path, "webdataset_stream", path, overrides, workdir)
   step, state = _final_state(config, workdir)
   assert step == 4
   train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))

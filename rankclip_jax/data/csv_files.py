@@ -118,6 +118,20 @@ class _PackedStrings:
     return self.buffer[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8")
 
 
+def read_listed_image(path: str, no_path: str) -> bytes | dict:
+  """The bytes of an image file a listing names, or the skip marker saying why not: no path
+  (`no_path` says where), a missing file, one that cannot be read (not a regular file, over
+  images.MAX_FILE_BYTES, no permission)."""
+  if not path:
+    return skipped("missing_file", no_path)
+  try:
+    return images.read_image_file(path)
+  except FileNotFoundError:
+    return skipped("missing_file", path)
+  except (OSError, images.BadImage) as e:
+    return skipped("unreadable_image", f"{path}: {e}")
+
+
 class CsvSource:
   """Random access to (image file, caption) rows of one or more CSV/TSV files.
 
@@ -154,14 +168,9 @@ class CsvSource:
 
   def __getitem__(self, i: int):
     path = self.images[int(i)]
-    if not path:
-      return skipped("missing_file", f"{self.files[0]}: row {int(i)} has an empty image path")
-    try:
-      data = images.read_image_file(path)
-    except FileNotFoundError:
-      return skipped("missing_file", path)
-    except (OSError, images.BadImage) as e:
-      return skipped("unreadable_image", f"{path}: {e}")
+    data = read_listed_image(path, f"{self.files[0]}: row {int(i)} has an empty image path")
+    if isinstance(data, dict):
+      return data
     out = {"image_bytes": data, "caption": self.captions[int(i)], "where": path}
     if self.synthetic_captions is not None:
       out["synthetic_caption"] = self.synthetic_captions[int(i)]

@@ -72,7 +72,6 @@ import numpy as np
 from PIL import Image
 
 from rankclip_jax.data import csv_files, files, images, tfds_eval
-from rankclip_jax.data.records import skipped
 from rankclip_jax.errors import UserError
 
 # config.evals.<name>.dataset values that read the user's labelled images.
@@ -297,14 +296,10 @@ class LabelledImageSource:
   def __getitem__(self, i: int) -> dict[str, Any]:
     row = self._row(i)
     path, label = self._paths[row], int(self._labels[row])
-    if not path:
-      return skipped("missing_file", f"{self.description}: example {int(i)} has no image path")
-    try:
-      data = images.read_image_file(path)
-    except FileNotFoundError:
-      return skipped("missing_file", path)
-    except (OSError, images.BadImage) as e:  # not a regular file, over the size cap, no permission
-      return skipped("unreadable_image", f"{path}: {e}")
+    data = csv_files.read_listed_image(
+        path, f"{self.description}: example {int(i)} has no image path")
+    if isinstance(data, dict):
+      return data
     return {"image_bytes": data, "label": label, "where": path}
 
   def evenly(self, n: int) -> "LabelledImageSource":
