@@ -222,7 +222,7 @@ def alip_config(**overrides):
     ({"loss.cross_weight": 0.1}, "'alip' has no ranking or cyclic terms.*cross_weight=0"),
     ({"data.train.kind": "synthetic_pairs"},
      "'alip' trains on a synthetic caption.*'synthetic_pairs' has none: use one of synthetic, "
-     "webdataset, csv"),
+     "webdataset, webdataset_stream, csv"),
     ({"data.train.kind": "csv", "data.train.path": "/data/train.csv"},
      "synthetic_caption_key is empty.*--config.data.train.synthetic_caption_key=<column>"),
     ({"loss.alip_momentum": 1.0}, r"alip_momentum=1.0 must be in \[0, 1\)"),
