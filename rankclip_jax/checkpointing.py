@@ -394,8 +394,9 @@ class Checkpointer:
     return step, state
 
   def _restore_step(self, step: int, abstract_state: Any, data_iterator=None):
-    item, added = abstract_state, self._fields_added_since(step, abstract_state)
-    shorter = self._shorter_counts(step, abstract_state)
+    saved = self._saved_tree(step, abstract_state)
+    item, added = abstract_state, self._fields_added_since(saved, abstract_state)
+    shorter = self._shorter_counts(saved, abstract_state)
     if added or shorter:  # restored without them (or shorter), then completed
       item = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
               if f.name not in added}
@@ -431,39 +432,42 @@ class Checkpointer:
       return dataclasses.replace(abstract_state, **values, **added)
     return restored[STATE]
 
-  def _shorter_counts(self, step: int, abstract_state: Any) -> dict[str, int]:
-    """{field: saved length} for the count vectors of a TrainState (data_skipped: one count per
-    kind of skipped example, data/records.py) that the checkpoint of `step` saved shorter: written
-    before the later kinds existed. Kinds are only ever appended, so the saved counts are the
-    first ones and the rest start at 0."""
-    if not dataclasses.is_dataclass(abstract_state) or not hasattr(abstract_state,
-                                                                   "data_skipped"):
-      return {}
+  def _saved_tree(self, step: int, abstract_state: Any) -> Optional[dict]:
+    """The saved state's metadata tree of `step` ({field: metadata}) when `abstract_state` is a
+    dataclass (a TrainState), else None; None also when the metadata cannot be read (the restore
+    itself then reports it). A read error that may pass is raised, to be tried again (a tree
+    restored without fields would look damaged)."""
+    if not dataclasses.is_dataclass(abstract_state):
+      return None
     try:
-      saved = self.manager.item_metadata(step)[STATE].tree.get("data_skipped")
+      return dict(self.manager.item_metadata(step)[STATE].tree)
     except Exception as e:  # pylint: disable=broad-except
       if may_pass(e):
         raise
-      return {}  # unreadable metadata: the restore itself reports it
-    shape = tuple(getattr(saved, "shape", None) or ())
+      return None
+
+  @staticmethod
+  def _shorter_counts(saved: Optional[dict], abstract_state: Any) -> dict[str, int]:
+    """{field: saved length} for the count vectors of a TrainState (data_skipped: one count per
+    kind of skipped example, data/records.py) that the checkpoint saved shorter: written before
+    the later kinds existed. Kinds are only ever appended, so the saved counts are the first ones
+    and the rest start at 0."""
+    if saved is None or not hasattr(abstract_state, "data_skipped"):
+      return {}
+    shape = tuple(getattr(saved.get("data_skipped"), "shape", None) or ())
     now = abstract_state.data_skipped.shape
     if len(shape) == 1 and len(now) == 1 and shape[0] < now[0]:
       return {"data_skipped": shape[0]}
     return {}
 
-  def _fields_added_since(self, step: int, abstract_state: Any) -> dict[str, Any]:
-    """The fields of a dataclass state (a TrainState) that the checkpoint of `step` lacks because it
-    was written before they existed, and that hold no array in this run (TrainState.loss_state of a
+  @staticmethod
+  def _fields_added_since(saved: Optional[dict], abstract_state: Any) -> dict[str, Any]:
+    """The fields of a dataclass state (a TrainState) that the checkpoint lacks because it was
+    written before they existed, and that hold no array in this run (TrainState.loss_state of a
     loss without state: {}): {name: value}. A missing field that does hold arrays is not one: the
     restore then fails like any other tree that does not match."""
-    if not dataclasses.is_dataclass(abstract_state):
+    if saved is None:
       return {}
-    try:
-      saved = set(self.manager.item_metadata(step)[STATE].tree)
-    except Exception as e:  # pylint: disable=broad-except
-      if may_pass(e):
-        raise  # tried again (a tree restored without these fields would look damaged)
-      return {}  # unreadable metadata: the restore itself reports it
     return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
             if f.name not in saved and not jax.tree.leaves(getattr(abstract_state, f.name))}
 

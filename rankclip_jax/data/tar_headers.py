@@ -265,21 +265,40 @@ class Scan:
   damage: Damage | None
 
 
+class NotRegularFile(OSError):
+  """The path is a FIFO, a device, a directory: nothing a reader may read."""
+
+
+def open_regular(path: str) -> tuple[int, int]:
+  """A read-only descriptor of the regular file at `path`, and its size. Opened with O_NONBLOCK so
+  that a FIFO returns at once (a blocking open would wait for a writer for ever), then refused
+  (NotRegularFile), as is anything else that is not a regular file (a device never ends); other
+  failures raise their OSError. The caller closes the descriptor."""
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+  try:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise NotRegularFile(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd, st.st_size
+  except BaseException:
+    os.close(fd)
+    raise
+
+
 def scan_file(path: str) -> Scan:
   """Every regular file member of the tar file at `path` and where it is damaged, if it is: a
   file that cannot be opened or read is damage too (cannot_open, read_error), never an error.
   Only regular files are read (a FIFO would block forever, a device never end)."""
   try:
-    # O_NONBLOCK: opening a FIFO returns at once (it changes nothing for a regular file).
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fd, size = open_regular(path)
+  except NotRegularFile:
+    return Scan([], Damage("cannot_open", 0, "not a regular file"))
   except OSError as e:
     return Scan([], Damage("cannot_open", 0, f"{type(e).__name__}: {e.strerror or e}"))
   members, position = [], 0
   try:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-      return Scan([], Damage("cannot_open", 0, "not a regular file"))
-    walk = TarWalk(lambda offset, n: os.pread(fd, n, offset), st.st_size)
+    walk = TarWalk(lambda offset, n: os.pread(fd, n, offset), size)
     for member in walk:
       position = member.offset
       members.append(member)

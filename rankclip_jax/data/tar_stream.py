@@ -46,7 +46,6 @@ import functools
 import json
 import os
 import re
-import stat
 from typing import Any, Iterator, Mapping, Sequence
 
 import grain
@@ -55,8 +54,7 @@ from absl import logging
 
 from rankclip_jax.data import files, pipeline, tar_headers
 from rankclip_jax.data.records import skip_kind, skipped
-from rankclip_jax.data.webdataset import (MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, ShardError,
-                                          split_key)
+from rankclip_jax.data.webdataset import MAX_CAPTION_BYTES, MAX_IMAGE_BYTES, split_key
 from rankclip_jax.errors import UserError
 
 SOURCE_SEPARATOR = "::"
@@ -91,7 +89,7 @@ class Task:
   parts: int = 1
 
 
-def _split_list(text: str, field: str) -> list[str]:  # pylint: disable=unused-argument
+def _split_list(text: str) -> list[str]:
   return [p.strip() for p in str(text).split(SOURCE_SEPARATOR)] if str(text).strip() else []
 
 
@@ -131,11 +129,11 @@ def parse_sources(path: str, weights: str = "", names: str = "", field: str = "c
   """(name, pattern, weight) of each source of `path` ('a::b'), its weights ('1::3'; '' = equal)
   and names ('' = the last folder of each pattern); nothing is read: config validation calls it
   before any work starts."""
-  patterns = _split_list(path, f"{field}.path")
+  patterns = _split_list(path)
   if not patterns or not all(patterns):
     raise files.DataPathError(f"{field}.path={path!r}: give tar shards, e.g. --{field}.path="
                               "'/data/cc12m/{00000..01242}.tar' (several sources: 'a::b').")
-  ws = _split_list(weights, f"{field}.weights") or ["1"] * len(patterns)
+  ws = _split_list(weights) or ["1"] * len(patterns)
   if len(ws) != len(patterns):
     raise StreamConfigError(f"{field}.weights={weights!r} gives {len(ws)} weight(s) for "
                             f"{len(patterns)} source(s) in {field}.path; give one per source, "
@@ -147,7 +145,7 @@ def parse_sources(path: str, weights: str = "", names: str = "", field: str = "c
                             "'1::3'.") from None
   if not all(np.isfinite(w) and w > 0 for w in wf):
     raise StreamConfigError(f"{field}.weights={weights!r}: weights must be positive numbers.")
-  ns = _split_list(names, f"{field}.names") or [_default_name(p, i) for i, p in enumerate(patterns)]
+  ns = _split_list(names) or [_default_name(p, i) for i, p in enumerate(patterns)]
   if len(ns) != len(patterns):
     raise StreamConfigError(f"{field}.names={names!r} gives {len(ns)} name(s) for "
                             f"{len(patterns)} source(s); give one per source, separated by '::'.")
@@ -209,16 +207,8 @@ def _open(path: str):
     import fsspec  # pylint: disable=import-outside-toplevel
     f = fsspec.open(path, "rb").open()
     return f, getattr(f, "size", None)
-  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-  try:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-      raise OSError(f"{path} is not a regular file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb", buffering=1 << 20), st.st_size
-  except BaseException:
-    os.close(fd)
-    raise
+  fd, size = tar_headers.open_regular(path)
+  return os.fdopen(fd, "rb", buffering=1 << 20), size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,9 +616,6 @@ class StreamSource:
                               f"{shuffle_window} must be at least 1.")
     self.cycle_length, self.shuffle_window, self.field = (int(cycle_length), int(shuffle_window),
                                                           field)
-
-  def __len__(self):
-    raise TypeError("a streaming source has no length: its shards are never indexed")
 
   def __repr__(self):
     parts = ", ".join(f"{c.name}: {len(c.shards)} shards x{c.weight:g}" for c in self.corpora)
