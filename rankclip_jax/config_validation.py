@@ -25,6 +25,7 @@ from rankclip_jax.data.sources import SOURCES
 from rankclip_jax.errors import ConfigError  # re-exported: callers catch it from here
 from rankclip_jax.evaluation import evaluators as evals_lib
 from rankclip_jax.losses import LOSSES, SCHEDULES
+from rankclip_jax.models import platform_defaults
 from rankclip_jax.models.transformer import REMAT_POLICIES
 from rankclip_jax.models.two_towers import tower_sizes
 from rankclip_jax.objective import STRATEGIES
@@ -76,6 +77,10 @@ def _validate_model(c) -> None:
   _require(c.model.remat_policy in REMAT_POLICIES,
            f"config.model.remat_policy={c.model.remat_policy!r}; choose one of "
            f"{sorted(REMAT_POLICIES)}.")
+  try:  # the attention name, and cudnn where it cannot run (off a GPU, a 32-bit dtype)
+    platform_defaults.resolve(c.model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _require(0.0 <= c.model.patch_dropout < 1.0,
            f"config.model.patch_dropout={c.model.patch_dropout} must be in [0, 1) (the share of "
            "patch tokens dropped in training; 0: none).")
@@ -230,7 +235,7 @@ def _validate_synthetic_captions(c) -> None:
   _require(kind.synthetic_captions,
            f"config.loss.name={name!r} trains on a synthetic caption of each image besides its "
            f"text, and config.data.train.kind={src.kind!r} has none: use one of "
-           f"{', '.join(with_captions)} (see configs/alip_synthetic.py and the README's "
+           f"{', '.join(with_captions)} (see configs/alip_synthetic.py and docs/data.md, "
            "'Synthetic captions').")
   if kind.path_example:  # files: the column or member holding the captions
     _require(bool(src.get("synthetic_caption_key", "").strip()),

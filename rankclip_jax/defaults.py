@@ -9,6 +9,7 @@ defaults (so runs written before a field existed still load), and converted mode
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 # CLIP's: no weight decay on LayerNorm parameters, biases, the logit scale, position embeddings and
 # the class token (paths look like "image/encoder/block_0/ln_1/scale").
@@ -55,18 +56,25 @@ def base_config() -> ml_collections.ConfigDict:
   # remat_policy says what is kept: nothing_saveable (the block input only),
   # dots_with_no_batch_dims_saveable (also the projection/MLP matmul outputs), dots_saveable (every
   # matmul output). models/transformer.py REMAT_POLICIES. Pair it with scan_layers=True: on CPU
-  # XLA realises the saving only for scanned blocks (docs/benchmarks.md).
+  # XLA realises the saving only for scanned blocks (docs/performance.md, "Rematerialisation policies").
   c.model.remat = False
   c.model.remat_policy = "nothing_saveable"
+  # The next three change how the step computes, never the parameters or (beyond round-off) the
+  # numbers. Left at "auto" / None they take the value chosen for the platform the model runs on
+  # (models/platform_defaults.py: CPU values measured; GPU and TPU values not measured yet).
+  # How attention is computed: auto | einsum (hand-written) | xla (jax.nn.dot_product_attention) |
+  # cudnn (its cuDNN fused kernel: GPU, bfloat16/float16 only). models/transformer.py SelfAttention.
+  c.model.attention = "auto"
   # Recompute each block's LayerNorm outputs and MLP activation in the backward pass rather than
   # keep them (the same numbers up to round-off, less working memory; on CPU also a shorter step).
-  # Independent of remat. models/transformer.py EncoderBlock.
-  c.model.recompute_elementwise = True
+  # Independent of remat. models/transformer.py EncoderBlock. None: by platform (CPU: on).
+  c.model.recompute_elementwise = config_dict.placeholder(bool)
   # The last block of a tower that pools one token (the text tower's end-of-text token; the image
   # tower's class token with pool="cls") computes that token only: every token's keys and values,
   # one query and one MLP row per example. The same numbers up to round-off, less work; unscanned
   # layers only (scan_layers applies one body to every layer). models/transformer.py Encoder.
-  c.model.last_block_pooled_only = True
+  # None: by platform (CPU: on).
+  c.model.last_block_pooled_only = config_dict.placeholder(bool)
   # nn.scan over each tower's blocks: parameters stacked on a leading [depth] axis, the step
   # compiled once per tower rather than once per layer (same numbers; see models/transformer.py).
   c.model.scan_layers = False

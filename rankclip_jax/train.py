@@ -46,6 +46,7 @@ from rankclip_jax.errors import ConfigError
 from rankclip_jax.interop import pretrained
 from rankclip_jax.losses import LOSSES
 from rankclip_jax.model_setup import ModelSetup
+from rankclip_jax.models import platform_defaults
 from rankclip_jax.nonfinite import NonFiniteGuard
 from rankclip_jax.preemption import Preemption
 from rankclip_jax.reporting import say
@@ -131,8 +132,11 @@ class Trainer(ModelSetup):
     chunks), a shard_map body once for all devices, and recomputation as work; MFU counts each
     multiply-add of the model once. The plain step of a scanned model computes every token of its
     last blocks, as the scanned step does (model.last_block_pooled_only applies to per-layer
-    blocks only)."""
+    blocks only). cuDNN's fused attention is counted as the hand-written attention it computes
+    (XLA's cost analysis counts a custom call's FLOPs as zero)."""
     plain = self.config.copy_and_resolve_references()
+    if platform_defaults.resolve(plain.model)["attention"] == "cudnn":
+      plain.model.attention = "einsum"
     if plain.model.scan_layers:  # a scanned stack computes every token of its last block
       plain.model.last_block_pooled_only = False
     plain.model.scan_layers = False
@@ -227,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       start_step, state = restored
       logging.info("Resumed from checkpoint at step %d in %s", start_step, workdir)
+    logging.info("%s", platform_defaults.describe(config.model))
     say(f"{'Resuming at' if start_step else 'Starting'} step {start_step}/{total} on "
         f"{trainer.mesh.size} {jax.devices()[0].platform} device(s), mesh "
         f"{dict(trainer.mesh.shape)}; workdir {workdir}")

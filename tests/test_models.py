@@ -258,34 +258,111 @@ def test_exact_gelu_matches_its_definition():
   np.testing.assert_allclose(g, dwant, atol=1e-5)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_self_attention_is_flax_multi_head_attention_with_a_fused_projection(masked):
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_is_flax_multi_head_attention_with_a_fused_projection(causal):
   """Same parameter tree and initial values as flax's MultiHeadDotProductAttention (checkpoints
   and the OpenCLIP converter depend on it), the same outputs and gradients."""
   import flax.linen as nn
   from rankclip_jax.models.transformer import SelfAttention
   x = jax.random.normal(jax.random.key(3), (2, 7, 32)) * 2.0 + 0.5
-  mask = nn.make_causal_mask(jnp.ones((2, 7))) if masked else None
-  ours, flax_mha = SelfAttention(num_heads=4), nn.MultiHeadDotProductAttention(num_heads=4)
-  params = ours.init(jax.random.key(0), x, mask)
+  mask = nn.make_causal_mask(jnp.ones((2, 7))) if causal else None
+  ours, flax_mha = SelfAttention(num_heads=4, causal=causal), nn.MultiHeadDotProductAttention(num_heads=4)
+  params = ours.init(jax.random.key(0), x)
   want = flax_mha.init(jax.random.key(0), x, x, mask=mask)
   assert jax.tree.structure(params) == jax.tree.structure(want)
   jax.tree.map(np.testing.assert_array_equal, params, want)
-  # Perturb every parameter so that zero biases cannot hide a misplaced one.
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(4), len(leaves))
-  params = jax.tree.unflatten(treedef, [p + 0.1 * jax.random.normal(k, p.shape)
-                                        for p, k in zip(leaves, keys)])
-  np.testing.assert_allclose(ours.apply(params, x, mask), flax_mha.apply(params, x, x, mask=mask),
+  params = _perturbed(params)
+  np.testing.assert_allclose(ours.apply(params, x), flax_mha.apply(params, x, x, mask=mask),
                              rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))  # pylint: disable=unnecessary-lambda-assignment
-  g_ours = jax.grad(loss(lambda p: ours.apply(p, x, mask)))(params)
+  g_ours = jax.grad(loss(lambda p: ours.apply(p, x)))(params)
   g_want = jax.grad(loss(lambda p: flax_mha.apply(p, x, x, mask=mask)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5), g_ours, g_want)
-  # bfloat16: the softmax in float32, the result in bfloat16 and close to float32's.
-  low = SelfAttention(num_heads=4, dtype=jnp.bfloat16).apply(params, x, mask)
-  assert low.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(low, np.float32), ours.apply(params, x, mask), atol=0.1)
+
+
+def _perturbed(params, seed=4):
+  """Every parameter moved by N(0, 0.1^2), so that zero biases cannot hide a misplaced one."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [p + 0.1 * jax.random.normal(k, p.shape)
+                                      for p, k in zip(leaves, keys)])
+
+
+# model.attention's implementations against the hand-written one ("einsum"). float32: round-off of
+# another order of operations. bfloat16: q, k, v, the weights and the output are rounded to 8 bits
+# of mantissa (a relative step of 2^-8; outputs here are O(1)-O(10)), so outputs agree within about
+# two such steps; the gradients' sums over tokens add up many such roundings, so they are held to
+# the float32 gradient in norm (both implementations measure 1.5-3.5% here).
+_ATTENTION_TOLERANCE = {jnp.float32: dict(rtol=1e-5, atol=1e-5),
+                        jnp.bfloat16: dict(rtol=2e-2, atol=5e-2)}
+_BF16_GRAD_RELATIVE_ERROR = 0.06
+
+
+def _flat(tree):
+  return np.concatenate([np.asarray(leaf, np.float32).ravel() for leaf in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_every_attention_implementation_computes_the_hand_written_one(dtype):
+  """model.attention="xla" (jax.nn.dot_product_attention; "cudnn" is the same call with cuDNN's
+  kernel, GPU only: benchmarks/accelerator_check.py compares it there) has the same parameters
+  and, bidirectional and causal, over every token and for one pooled query per row (the last
+  block's, at different positions), the outputs and gradients of "einsum" (the hand-written one)."""
+  from rankclip_jax.models.transformer import SelfAttention
+  x = jax.random.normal(jax.random.key(3), (3, 9, 32)) * 2.0 + 0.5
+  index = jnp.asarray([0, 4, 8])
+  f32 = lambda a: np.asarray(a, np.float32)  # pylint: disable=unnecessary-lambda-assignment
+  for causal in (False, True):
+    ours, xla, exact = (SelfAttention(num_heads=4, causal=causal, attention=a, dtype=d)
+                        for a, d in (("einsum", dtype), ("xla", dtype), ("einsum", jnp.float32)))
+    params = ours.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, params, xla.init(jax.random.key(0), x))
+    params = _perturbed(params)
+    for query in (None, index):
+      out = [m.apply(params, x, query) for m in (ours, xla)]
+      assert out[0].dtype == out[1].dtype == dtype
+      assert out[0].shape == (3, 9 if query is None else 1, 32)
+      np.testing.assert_allclose(f32(out[1]), f32(out[0]), **_ATTENTION_TOLERANCE[dtype],
+                                 err_msg=f"{causal=} {query=}")
+      grads = [jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x, query).astype(jnp.float32))))(
+          params) for m in (ours, xla, exact)]
+      if dtype == jnp.float32:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=5e-5),
+                     grads[0], grads[1])
+      else:
+        want = _flat(grads[2])
+        for got in grads[:2]:
+          error = np.linalg.norm(_flat(got) - want) / np.linalg.norm(want)
+          assert error < _BF16_GRAD_RELATIVE_ERROR, (causal, query, error)
+  # The pooled query is what the full computation gives at its position.
+  full = xla.apply(params, x)
+  pooled = xla.apply(params, x, index)
+  np.testing.assert_allclose(f32(pooled[:, 0]), f32(full[jnp.arange(3), index]),
+                             **_ATTENTION_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["per_layer", "scanned"])
+def test_both_towers_with_xla_attention_load_the_same_parameters_and_compute_the_same(
+    micro, micro_pair_grads, scan):
+  """The whole model with model.attention="xla": the same parameter tree as with "einsum" (a
+  checkpoint loads either way), and the pair loss and its gradients (both towers, the text tower
+  causal, the last block pooled-only) of the hand-written attention, per layer and scanned."""
+  from rankclip_jax.models.transformer import with_layer_layout
+  model, params = micro
+  xla = TwoTowers(SIZES["micro"], context_length=8, attention="xla", scan=scan)
+  init = jax.eval_shape(xla.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                        jnp.zeros((1, 8), jnp.int32))["params"]
+  p = with_layer_layout(params, scanned=scan)
+  assert jax.tree.structure(init) == jax.tree.structure(p)
+  assert jax.tree.map(lambda a: a.shape, init) == jax.tree.map(lambda a: a.shape, p)
+  if scan:
+    want, want_g = micro_pair_grads
+    got, got_g = _pair_grads(xla, p)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    got_g = with_layer_layout(got_g, scanned=False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5), got_g, want_g)
+  else:
+    _assert_same_pair_grads(xla, p, micro_pair_grads)
 
 
 def test_recomputed_norms_and_activations_keep_the_numbers_in_less_memory(micro, micro_pair_grads):

@@ -32,6 +32,7 @@ class TextTransformer(nn.Module):
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
   recompute_elementwise: bool = True  # transformer.EncoderBlock
   last_block_pooled_only: bool = True  # transformer.Encoder
+  attention: str = "einsum"  # transformer.SelfAttention
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -48,7 +49,6 @@ class TextTransformer(nn.Module):
     pos = self.param("pos_embedding", nn.initializers.normal(0.01),
                      (self.context_length, self.width))
     x = x + pos[:length].astype(self.dtype)
-    mask = nn.make_causal_mask(tokens)
     # Pool at the first end-of-text token. The tokenizer's truncation always keeps it; a row with
     # none (hand-made input) falls back to the last position. The encoder returns that token's
     # output only (and computes only it in its last block: Encoder.last_block_pooled_only).
@@ -57,7 +57,8 @@ class TextTransformer(nn.Module):
     x = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                 ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
                 scan=self.scan, recompute_elementwise=self.recompute_elementwise,
-                last_block_pooled_only=self.last_block_pooled_only,
-                dtype=self.dtype, name="encoder")(x, mask, eot_pos.astype(jnp.int32))
+                last_block_pooled_only=self.last_block_pooled_only, causal=True,
+                attention=self.attention, dtype=self.dtype, name="encoder")(
+                    x, eot_pos.astype(jnp.int32))
     pooled = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_final")(x)
     return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name="proj")(pooled)

@@ -83,28 +83,39 @@ class SelfAttention(nn.Module):
 
   Its parameters are those of flax's nn.MultiHeadDotProductAttention, initial values included:
   query/key/value {kernel [width, heads, head_dim], bias [heads, head_dim]} and out {kernel [heads,
-  head_dim, width], bias [width]}, so checkpoints and the OpenCLIP converter see no difference. The
-  computation differs in layout only: the three projections are one matrix multiply, written
-  straight into [3, batch, heads, tokens, head_dim], the layout attention's two batched products
-  read without a transpose (on a 2-core CPU the tiny demo's training step is ~6% shorter than with
-  flax's module; docs/benchmarks.md). The softmax runs in float32 whatever the model's dtype.
+  head_dim, width], bias [width]}, so checkpoints and the OpenCLIP converter see no difference,
+  whichever `attention` computes it. The three projections are one matrix multiply, written straight
+  into the layout the attention reads. The softmax runs in float32 whatever the model's dtype.
 
-  mask: boolean, broadcastable to [batch, heads, tokens, tokens]; False where a query may not attend.
+  attention: how softmax(q k^T / sqrt(d)) v is computed (platform_defaults.py resolves
+  model.attention's "auto" to one of these):
+    "einsum": two batched products and a softmax written here, q, k, v in [batch, heads, tokens,
+      head_dim], the layout those products read without a transpose (on a 2-core CPU the tiny
+      towers' training step is ~6% shorter than with flax's module; docs/performance.md,
+      "Attention on a CPU");
+    "xla": jax.nn.dot_product_attention with XLA's implementation ([batch, tokens, heads, head_dim]);
+    "cudnn": the same function with cuDNN's fused (flash) kernel: GPU and 16-bit dtypes only. A
+      single pooled query (query_index below) has no T x T product to fuse: it goes through XLA's.
+  causal: each token attends to itself and the tokens before it only (the text tower).
   query_index: int [batch] or None. Given, only that token of each row is a query: the output is
-  [batch, 1, width], that token's attention over all the row's tokens (the keys and values are
-  still every token's), what the full computation gives at that position.
+  [batch, 1, width], that token's attention over the row's tokens (the keys and values are still
+  every token's; with `causal`, those up to it), what the full computation gives at that position.
   """
 
   num_heads: int
+  causal: bool = False
+  attention: str = "einsum"
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None,
-               query_index: Optional[jax.Array] = None):
-    width = x.shape[-1]
+  def __call__(self, x, query_index: Optional[jax.Array] = None):
+    width, tokens = x.shape[-1], x.shape[-2]
     heads = self.num_heads
     if width % heads:
       raise ValueError(f"Attention width {width} is not divisible by num_heads={heads}.")
+    if self.attention not in ("einsum", "xla", "cudnn"):
+      raise ValueError(f"SelfAttention.attention={self.attention!r}; choose einsum, xla or cudnn "
+                       "(config.model.attention='auto' is resolved before the model is built).")
     head_dim = width // heads
     qkv = [_Projection((width, heads, head_dim), (heads, head_dim), 1, name=n)()
            for n in ("query", "key", "value")]
@@ -112,23 +123,43 @@ class SelfAttention(nn.Module):
     kernel = jnp.stack([k for k, _ in qkv], axis=1).astype(self.dtype)  # [W, 3, H, D]
     bias = jnp.stack([b for _, b in qkv]).astype(self.dtype)  # [3, H, D]
     x = x.astype(self.dtype)
+    # q, k, v: [batch, heads, tokens, head_dim] for the hand-written products ("einsum"),
+    # [batch, tokens, heads, head_dim] for jax.nn.dot_product_attention.
+    layout = "bhtd" if self.attention == "einsum" else "bthd"
+    # The biases [.., heads, head_dim] broadcast over the tokens axis of that layout.
+    bias = bias[..., None, :, :] if layout == "bthd" else bias[..., :, None, :]
     if query_index is None:
-      q, k, v = jnp.einsum("btw,wshd->sbhtd", x, kernel) + bias[:, None, :, None, :]
+      q, k, v = jnp.einsum(f"btw,wshd->s{layout}", x, kernel) + bias[:, None]
     else:
-      k, v = jnp.einsum("btw,wshd->sbhtd", x, kernel[:, 1:]) + bias[1:, None, :, None, :]
-      q = (jnp.einsum("btw,whd->bhtd", take_tokens(x, query_index), kernel[:, 0])
-           + bias[0, None, :, None, :])
-      if mask is not None and mask.shape[-2] > 1:  # the query rows of the mask
-        mask = jnp.broadcast_to(mask, (x.shape[0],) + mask.shape[1:])
-        mask = jnp.take_along_axis(mask, query_index[:, None, None, None], axis=2)
+      k, v = jnp.einsum(f"btw,wshd->s{layout}", x, kernel[:, 1:]) + bias[1:, None]
+      q = jnp.einsum(f"btw,whd->{layout}", take_tokens(x, query_index), kernel[:, 0]) + bias[0]
+    if self.attention == "einsum":
+      out = self._attend(q, k, v, head_dim, tokens, query_index)
+      return (jnp.einsum("bhqd,hdw->bqw", out, out_kernel.astype(self.dtype))
+              + out_bias.astype(self.dtype))
+    kv_lengths = None
+    if self.causal and query_index is not None:  # the pooled token sees the tokens up to it
+      kv_lengths = (query_index + 1).astype(jnp.int32)
+    implementation = "xla" if query_index is not None else self.attention
+    out = jax.nn.dot_product_attention(
+        q, k, v, scale=head_dim ** -0.5, is_causal=self.causal and query_index is None,
+        key_value_seq_lengths=kv_lengths, implementation=implementation)
+    return (jnp.einsum("bqhd,hdw->bqw", out, out_kernel.astype(self.dtype))
+            + out_bias.astype(self.dtype))
+
+  def _attend(self, q, k, v, head_dim: int, tokens: int, query_index):
+    """The hand-written attention: q, k, v [batch, heads, tokens, head_dim]."""
     q = q * np.asarray(head_dim ** -0.5, self.dtype)
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    if self.causal:
+      keys = jnp.arange(tokens)
+      if query_index is None:  # [1, 1, T, T]
+        allowed = (keys[None, :] <= keys[:, None])[None, None]
+      else:  # [B, 1, 1, T]: the row of the pooled token
+        allowed = (keys[None, :] <= query_index[:, None])[:, None, None, :]
+      logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-    return (jnp.einsum("bhqd,hdw->bqw", out, out_kernel.astype(self.dtype))
-            + out_bias.astype(self.dtype))
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
 
 
 def take_tokens(x, index):
@@ -162,7 +193,7 @@ class EncoderBlock(nn.Module):
   each): the same numbers up to round-off, three [tokens, width]-sized tensors (one of them 4x
   wider) fewer per block in the step's working memory, for a few elementwise ops more. On a CPU the
   smaller working memory more than pays for them (the tiny towers' step: 426 -> 348 MiB, ~10%
-  shorter; docs/benchmarks.md). Independent of `remat`, which recomputes whole blocks.
+  shorter; docs/performance.md, "recompute_elementwise"). Independent of `remat`, which recomputes whole blocks.
 
   query_index: int [batch] or None. Given, the block computes only that token of each row (its
   attention over all the row's tokens, then the MLP) and returns [batch, 1, width]: what the full
@@ -175,15 +206,16 @@ class EncoderBlock(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   recompute_elementwise: bool = True
+  causal: bool = False  # SelfAttention
+  attention: str = "einsum"  # SelfAttention
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None,
-               query_index: Optional[jax.Array] = None):
+  def __call__(self, x, query_index: Optional[jax.Array] = None):
     norm = nn.remat(nn.LayerNorm) if self.recompute_elementwise else nn.LayerNorm
     y = norm(epsilon=self.ln_eps, dtype=self.dtype, name="ln_1")(x)
-    y = SelfAttention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(
-        y, mask, query_index)
+    y = SelfAttention(num_heads=self.num_heads, causal=self.causal, attention=self.attention,
+                      dtype=self.dtype, name="attn")(y, query_index)
     if query_index is not None:
       x = take_tokens(x, query_index)
     x = x + y
@@ -197,8 +229,8 @@ class _ScannedBlock(EncoderBlock):
   """EncoderBlock with nn.scan's (carry, output) signature."""
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None):  # pylint: disable=arguments-renamed
-    return super().__call__(x, mask), None
+  def __call__(self, x):  # pylint: disable=arguments-differ
+    return super().__call__(x), None
 
 
 class Encoder(nn.Module):
@@ -231,27 +263,29 @@ class Encoder(nn.Module):
   scan: bool = False
   recompute_elementwise: bool = True  # EncoderBlock
   last_block_pooled_only: bool = True
+  causal: bool = False  # SelfAttention
+  attention: str = "einsum"  # SelfAttention
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None,
-               pool_index: Optional[jax.Array] = None):
+  def __call__(self, x, pool_index: Optional[jax.Array] = None):
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
-              recompute_elementwise=self.recompute_elementwise, dtype=self.dtype)
+              recompute_elementwise=self.recompute_elementwise, causal=self.causal,
+              attention=self.attention, dtype=self.dtype)
     policy = get_remat_policy(self.remat_policy)
     if self.scan:
       block_cls = (nn.remat(_ScannedBlock, prevent_cse=False, policy=policy) if self.remat
                    else _ScannedBlock)
       scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast,), length=self.depth)
-      x, _ = scanned(**kw, name="blocks")(x, mask)
+                        length=self.depth)
+      x, _ = scanned(**kw, name="blocks")(x)
       pruned = False
     else:
       block_cls = nn.remat(EncoderBlock, policy=policy) if self.remat else EncoderBlock
       pruned = pool_index is not None and self.last_block_pooled_only and self.depth > 0
       for i in range(self.depth):
         query_index = pool_index if pruned and i == self.depth - 1 else None
-        x = block_cls(**kw, name=f"block_{i}")(x, mask, query_index)
+        x = block_cls(**kw, name=f"block_{i}")(x, query_index)
     if pool_index is None:
       return x
     return x[:, 0] if pruned else take_tokens(x, pool_index)[:, 0]

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rankclip_jax.models import platform_defaults
 from rankclip_jax.data.tokenizer import EOT_ID, VOCAB_SIZE
 from rankclip_jax.models.text import TextTransformer
 from rankclip_jax.models.vit import VisionTransformer
@@ -73,6 +74,9 @@ class TwoTowers(nn.Module):
   scan: bool = False
   recompute_elementwise: bool = True  # transformer.EncoderBlock
   last_block_pooled_only: bool = True  # transformer.Encoder
+  # einsum | xla | cudnn (transformer.SelfAttention); build_model resolves config.model.attention's
+  # "auto" for the platform (platform_defaults.py).
+  attention: str = "einsum"
   patch_dropout: float = 0.0  # FLIP's share of image patch tokens dropped in training (vit.py)
   dtype: Dtype = jnp.float32
   logit_scale_init: float = LOGIT_SCALE_INIT
@@ -88,14 +92,15 @@ class TwoTowers(nn.Module):
         num_heads=s.image_heads, embed_dim=s.embed_dim, pool=self.pool, stem=self.stem, act=self.act,
         ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy, scan=self.scan,
         recompute_elementwise=self.recompute_elementwise,
-        last_block_pooled_only=self.last_block_pooled_only, patch_dropout=self.patch_dropout,
-        dtype=self.dtype)
+        last_block_pooled_only=self.last_block_pooled_only, attention=self.attention,
+        patch_dropout=self.patch_dropout, dtype=self.dtype)
     self.text = TextTransformer(
         vocab_size=self.vocab_size, context_length=self.context_length, width=s.text_width,
         depth=s.text_depth, num_heads=s.text_heads, embed_dim=s.embed_dim, eot_id=self.eot_id,
         act=self.act, ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
         scan=self.scan, recompute_elementwise=self.recompute_elementwise,
-        last_block_pooled_only=self.last_block_pooled_only, dtype=self.dtype)
+        last_block_pooled_only=self.last_block_pooled_only, attention=self.attention,
+        dtype=self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.initializers.constant(self.logit_scale_init), (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -137,13 +142,16 @@ def tower_sizes(model_config) -> TowerSizes:
   return SIZES[model_config.size]
 
 
-def build_model(model_config, *, context_length: int, logit_bias: bool = False) -> TwoTowers:
+def build_model(model_config, *, context_length: int, logit_bias: bool = False,
+                platform: Optional[str] = None) -> TwoTowers:
   """Builds TwoTowers from `config.model` (fields: size, custom, act, ln_eps, pool, stem, remat,
-  remat_policy, scan_layers, recompute_elementwise, last_block_pooled_only, patch_dropout, dtype,
-  init_scale, init_bias). `logit_bias`: give the model a
-  learnable logit bias initialised at init_bias (the trainer asks for it when the loss has one:
-  SigLIP)."""
+  remat_policy, scan_layers, recompute_elementwise, last_block_pooled_only, attention,
+  patch_dropout, dtype, init_scale, init_bias). `logit_bias`: give the model a learnable logit bias
+  initialised at init_bias (the trainer asks for it when the loss has one: SigLIP). The fields that
+  depend on the platform (platform_defaults.py) are resolved for `platform` (default: JAX's
+  default backend)."""
   sizes = tower_sizes(model_config)
+  chosen = platform_defaults.resolve(model_config, platform)
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if model_config.dtype not in dtypes:
     raise ValueError(f"config.model.dtype={model_config.dtype!r}; choose one of {sorted(dtypes)}.")
@@ -153,8 +161,8 @@ def build_model(model_config, *, context_length: int, logit_bias: bool = False) 
       pool=model_config.pool, stem=model_config.stem, remat=model_config.remat,
       remat_policy=model_config.get("remat_policy", "nothing_saveable"),
       scan=bool(model_config.get("scan_layers", False)),
-      recompute_elementwise=bool(model_config.get("recompute_elementwise", True)),
-      last_block_pooled_only=bool(model_config.get("last_block_pooled_only", True)),
+      recompute_elementwise=chosen["recompute_elementwise"],
+      last_block_pooled_only=chosen["last_block_pooled_only"], attention=chosen["attention"],
       patch_dropout=float(model_config.get("patch_dropout", 0.0)),
       dtype=dtypes[model_config.dtype], logit_scale_init=math.log(model_config.init_scale),
       logit_bias_init=float(model_config.init_bias) if logit_bias else None)

@@ -38,6 +38,7 @@ class VisionTransformer(nn.Module):
   scan: bool = False  # nn.scan over the blocks (transformer.Encoder)
   recompute_elementwise: bool = True  # transformer.EncoderBlock
   last_block_pooled_only: bool = True  # transformer.Encoder (pool "cls" only)
+  attention: str = "einsum"  # transformer.SelfAttention
   # FLIP (Li et al. 2023): in training, drop this fraction of the patch tokens of each image at
   # random before the encoder (the class token is always kept), so a step costs about that much less
   # of the image tower. Never at evaluation (train=False), so loading and export are unaffected.
@@ -84,8 +85,8 @@ class VisionTransformer(nn.Module):
     encoder = Encoder(self.depth, self.num_heads, int(self.width * self.mlp_ratio), act=self.act,
                       ln_eps=self.ln_eps, remat=self.remat, remat_policy=self.remat_policy,
                       scan=self.scan, recompute_elementwise=self.recompute_elementwise,
-                      last_block_pooled_only=self.last_block_pooled_only, dtype=self.dtype,
-                      name="encoder")
+                      last_block_pooled_only=self.last_block_pooled_only,
+                      attention=self.attention, dtype=self.dtype, name="encoder")
     if self.pool == "cls":  # the class token's output only (Encoder.last_block_pooled_only)
       pooled = encoder(x, pool_index=jnp.zeros((b,), jnp.int32))
     else:
