@@ -177,15 +177,24 @@ class Trainer(ModelSetup):
     return state, metrics
 
 
-def refuse_to_go_back(ckpt: checkpointing.Checkpointer, total_steps: int, workdir: str) -> None:
+def refuse_to_go_back(total_steps: int, workdir: str) -> None:
   """ConfigError when the run in `workdir` has trained past `total_steps`: resumed, it would save
-  its later state as step `total_steps` and report results under that step."""
-  newest = ckpt.latest_step()
+  its later state as step `total_steps` and report results under that step. Read with a read-only
+  Checkpointer, before the writing one exists: a refused start writes, deletes and starts nothing
+  in the run (the writer's start-up cleans up interrupted saves and starts Orbax's saving machinery)."""
+  directory = checkpointing.checkpoint_dir(workdir)
+  if not epath.Path(directory).is_dir():
+    return
+  reader = checkpointing.Checkpointer(directory, read_only=True)
+  try:
+    newest, steps = reader.latest_step(), reader.all_steps()
+  finally:
+    reader.close()
   if newest is None or newest <= total_steps:
     return
   raise ConfigError(
       f"config.total_steps={total_steps}, but the run in {workdir} has trained to step {newest} "
-      f"(checkpoints {ckpt.all_steps()}): it cannot go back, and would label its step-{newest} "
+      f"(checkpoints {steps}): it cannot go back, and would label its step-{newest} "
       f"state step {total_steps}. To train on, set config.total_steps above {newest}; for a new "
       "run, give another --workdir; to evaluate a checkpoint of this one, run python -m "
       f"rankclip_jax.evaluate --workdir={workdir} --step=<step>.")
@@ -210,13 +219,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # (their writer, the lock holder, cleans up what an interrupted save left), metric writer.
     workdir = checkpointing.absolute_path(workdir)  # Orbax's tensorstore paths must be absolute
     teardown.enter_context(workdir_lock.hold(workdir))
+    refuse_to_go_back(total, workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     ckpt = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(workdir), read_only=False,
         every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save)
     teardown.callback(ckpt.close)
-    refuse_to_go_back(ckpt, total, workdir)
     writer = metric_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                  choice=config.metric_writer)
     teardown.callback(writer.close)
