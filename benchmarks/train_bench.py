@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
+import sys
 import time
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +66,18 @@ def make_config(size: str, batch: int, image_size: int, context: int, dtype: str
   return c
 
 
-def measure(config, steps: int) -> dict:
+def measure(config, steps: int, *, init_state: Optional[Callable] = None,
+            step_flops: Optional[Callable] = None, keep: Optional[dict] = None) -> dict:
+  """The step of `config` compiled, run twice, then timed over `steps` steps.
+
+  init_state(trainer) -> the state to start from (default trainer.init(): a fresh random state);
+  step_flops(trainer) -> the step's model FLOPs or None (default trainer.step_flops()). Callers that
+  measure many variants of one model pass cached ones (benchmarks/accelerator_check.py): the
+  parameter initialisation and the FLOP count are then computed once per model, not per row.
+  keep: a dict to receive the compiled "step", the "state" after the timed steps, the "batch" and
+  the "trainer", for a profile of the same step (benchmarks/step_profile.py trace_step)."""
   trainer = train.Trainer(config)
-  state = trainer.init()
+  state = trainer.init() if init_state is None else init_state(trainer)
   rng = np.random.default_rng(0)
   b, s = config.batch_size, config.image_size
   local = {"image": rng.normal(size=(b, s, s, 3)).astype(np.float32),
@@ -73,7 +85,7 @@ def measure(config, steps: int) -> dict:
            "skipped": np.zeros((b, len(SKIP_KINDS)), np.int32)}
   local["text"][:, -1] = 49407
   batch = trainer.global_batch(local)
-  step_flops = trainer.step_flops()
+  flops = trainer.step_flops() if step_flops is None else step_flops(trainer)
   t0 = time.perf_counter()
   step = trainer.train_step.lower(state, batch).compile()
   for _ in range(2):  # warm-up
@@ -94,54 +106,152 @@ def measure(config, steps: int) -> dict:
   memory = step.memory_analysis()
   if memory is not None:
     out["temp_mib"] = memory.temp_size_in_bytes / 2**20
-  if step_flops:
-    out["tflops"] = step_flops / seconds / 1e12
+  if flops:
+    out["tflops"] = flops / seconds / 1e12
     peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.model.dtype,
                                            config.peak_tflops)
     if peak:
-      out["mfu"] = step_flops / seconds / (peak * jax.device_count())
+      out["mfu"] = flops / seconds / (peak * jax.device_count())
+  if keep is not None:
+    keep.update(step=step, state=state, batch=batch, trainer=trainer)
   return out
 
 
+# open_clip's training step in PyTorch, run by another Python (one that has torch and open_clip).
+# Its argument: a JSON object (see open_clip_rows). It prints a JSON line about torch and the
+# device, then one JSON line per model: the step open_clip's training script runs by default
+# (model.train(), AdamW without weight decay on gains, biases and the logit scale, ClipLoss, the
+# logit scale clamped after each step), eager; then one per model in "compile", the same step
+# through torch.compile (open_clip's --torchcompile: the model compiled, the loss and the optimizer
+# eager). On a GPU the inputs are on the device and the clock waits for the device
+# (torch.cuda.synchronize) at both ends.
 _OPEN_CLIP_SCRIPT = r"""
-import json, sys, time
+import contextlib, json, math, sys, time
 import torch, open_clip
 a = json.loads(sys.argv[1])
-torch.manual_seed(0)
-torch.set_num_threads(a["threads"])
-vision = dict(image_size=a["image_size"], patch_size=a["patch"], width=a["iw"], layers=a["id"],
-              head_width=a["iw"] // a["ih"])
-text = dict(context_length=a["context"], vocab_size=49408, width=a["tw"], heads=a["th"],
-            layers=a["td"])
-model = open_clip.CLIP(embed_dim=a["embed"], vision_cfg=vision, text_cfg=text)
-loss_fn = open_clip.ClipLoss()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-b = a["batch"]
-images = torch.randn(b, 3, a["image_size"], a["image_size"])
-texts = torch.randint(1, 49000, (b, a["context"]))
-texts[:, -1] = 49407
-def step():
-    image_features, text_features, logit_scale = model(images, texts)[:3]
-    loss = loss_fn(image_features, text_features, logit_scale)
-    opt.zero_grad(); loss.backward(); opt.step()
-for _ in range(2):
-    step()
-t0 = time.perf_counter()
-for _ in range(a["steps"]):
-    step()
-print(json.dumps({"examples_per_s": b * a["steps"] / (time.perf_counter() - t0)}))
+cuda = a["device"] != "cpu" and torch.cuda.is_available()
+device = torch.device("cuda" if cuda else "cpu")
+if a["threads"]:
+    torch.set_num_threads(a["threads"])
+print(json.dumps({"torch": torch.__version__, "open_clip": open_clip.__version__,
+                  "device": torch.cuda.get_device_name() if cuda else "cpu",
+                  "threads": torch.get_num_threads()}), flush=True)
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+def autocast():
+    if a["dtype"] == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+b, s = a["batch"], a["image_size"]
+for m, compiled in [(m, False) for m in a["models"]] + [(m, True) for m in a["compile"]]:
+    row = {"model": m["name"], "batch": b, "compiled": compiled}
+    try:
+        torch.manual_seed(0)
+        vision = dict(image_size=s, patch_size=m["patch"], width=m["iw"], layers=m["id"],
+                      head_width=m["iw"] // m["ih"])
+        text = dict(context_length=a["context"], vocab_size=49408, width=m["tw"], heads=m["th"],
+                    layers=m["td"])
+        model = open_clip.CLIP(embed_dim=m["embed"], vision_cfg=vision, text_cfg=text)
+        model = model.to(device).train()
+        def no_decay(n, p):
+            return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+        named = list(model.named_parameters())
+        opt = torch.optim.AdamW(
+            [{"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+             {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": 0.2}],
+            lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+        forward = torch.compile(model, backend=a["compile_backend"]) if compiled else model
+        loss_fn = open_clip.ClipLoss(cache_labels=True)
+        images = torch.randn(b, 3, s, s, device=device)
+        texts = torch.randint(1, 49000, (b, a["context"]), device=device)
+        texts[:, -1] = 49407
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                image_features, text_features, logit_scale = forward(images, texts)[:3]
+                loss = loss_fn(image_features, text_features, logit_scale)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            return loss
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(a["warmup"]):
+            step()
+        sync()
+        row["warmup_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(a["steps"]):
+            loss = step()
+        sync()
+        seconds = (time.perf_counter() - t0) / a["steps"]
+        row.update(ms_per_step=seconds * 1e3, examples_per_s=b / seconds, loss=float(loss))
+        if cuda:
+            row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    except Exception as e:  # one model failing (out of memory) leaves the others to run
+        row["error"] = (type(e).__name__ + ": " + str(e))[:300]
+        row["out_of_memory"] = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
+    print(json.dumps(row), flush=True)
+    model = opt = forward = None
+    if cuda:
+        torch.cuda.empty_cache()
 """
 
 
+def open_clip_rows(python: str, sizes, batch: int, image_size: int, context: int, steps: int, *,
+                   warmup: int = 3, dtype: str = "float32", threads: int = 0,
+                   compile_sizes=(), compile_backend: str = "inductor",
+                   device: str = "auto", timeout: Optional[float] = None) -> dict:
+  """open_clip's training step for each of `sizes` (our SIZES' towers, built as open_clip.CLIP),
+  then for each of `compile_sizes` the same step through torch.compile(backend=compile_backend),
+  in one subprocess of `python`: {"environment": torch's line, "rows": one dict per step ("compiled"
+  says which; "warmup_s": the first steps, a compile included), "error": why the subprocess ended
+  early, if it did}. A model that fails (out of memory) gives a row with "error"; a timeout keeps
+  the rows printed before it. dtype "bfloat16": the forward pass under torch.autocast(bfloat16), as
+  open_clip's --precision amp_bf16. threads: torch's CPU threads (0: torch's default). Another
+  interpreter than this one runs without this process's PYTHONPATH and virtualenv (it has its own
+  site-packages); this one keeps them (e.g. wheels unpacked into a PYTHONPATH folder)."""
+  def towers(size):
+    t = SIZES[size]
+    return dict(name=size, patch=t.patch_size, iw=t.image_width, id=t.image_depth,
+                ih=t.image_heads, tw=t.text_width, td=t.text_depth, th=t.text_heads,
+                embed=t.embed_dim)
+  args = dict(models=[towers(s) for s in sizes], compile=[towers(s) for s in compile_sizes],
+              image_size=image_size, context=context, batch=batch, steps=steps, warmup=warmup,
+              dtype=dtype, threads=threads, compile_backend=compile_backend, device=device)
+  env = dict(os.environ)
+  if os.path.realpath(python) != os.path.realpath(sys.executable):
+    env = {k: v for k, v in env.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+  out = {"rows": []}
+  try:
+    proc = subprocess.run([python, "-c", _OPEN_CLIP_SCRIPT, json.dumps(args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+    stdout, failed = proc.stdout, (f"exit status {proc.returncode}: {proc.stderr[-1500:]}"
+                                   if proc.returncode else "")
+  except subprocess.TimeoutExpired as e:
+    stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    failed = f"timed out after {timeout:g} s"
+  lines = [json.loads(l) for l in stdout.splitlines() if l.startswith("{")]
+  if lines:
+    out["environment"] = lines[0]
+    out["rows"] = lines[1:]
+  if failed:
+    out["error"] = failed
+  return out
+
+
 def open_clip_examples_per_s(python: str, size: str, batch: int, image_size: int, context: int,
-                             steps: int, threads: int) -> float:
-  t = SIZES[size]
-  args = dict(image_size=image_size, patch=t.patch_size, iw=t.image_width, id=t.image_depth,
-              ih=t.image_heads, tw=t.text_width, td=t.text_depth, th=t.text_heads,
-              embed=t.embed_dim, context=context, batch=batch, steps=steps, threads=threads)
-  out = subprocess.run([python, "-c", _OPEN_CLIP_SCRIPT, json.dumps(args)], capture_output=True,
-                       text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])["examples_per_s"]
+                             steps: int, threads: int, dtype: str = "float32") -> float:
+  result = open_clip_rows(python, [size], batch, image_size, context, steps, warmup=2,
+                          dtype=dtype, threads=threads)
+  rows = [r for r in result["rows"] if "examples_per_s" in r]
+  if not rows:
+    raise RuntimeError(f"open_clip's step did not run: {result.get('error')} "
+                       f"{[r.get('error') for r in result['rows']]}")
+  return rows[0]["examples_per_s"]
 
 
 def main():
@@ -188,10 +298,10 @@ def main():
               f"{r['examples_per_s'] / jax.device_count():.0f} | {tflops} | {mfu} | {ratio} | "
               f"{r['compile_s']:.1f} | {temp} |", flush=True)
       if args.open_clip_python and "clip" in rows:
-        import os  # pylint: disable=g-import-not-at-top
         threads = args.torch_threads or os.cpu_count()
         torch_rate = open_clip_examples_per_s(args.open_clip_python, size, batch,
-                                              args.image_size, args.context, args.steps, threads)
+                                              args.image_size, args.context, args.steps, threads,
+                                              args.dtype)
         ours = rows["clip"]["examples_per_s"]
         print(f"| {size} | {batch} | open_clip CLIP (PyTorch, {threads} threads) | "
               f"{batch / torch_rate * 1e3:.1f} | {torch_rate:.0f} | - | - | - | ours/open_clip "

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.cli_runs import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,8 +90,157 @@ def test_step_profile_attributes_ops_to_tower_part_and_pass():
       "jit(train_step)/jvp()/jit(plackett_luce_nll_rows)/sort")[0] == "loss"
   config = step_profile.load_config("configs/rankclip_synthetic.py",
                                     ["model.patch_dropout=0.5", "model.remat=true",
-                                     "model.size=micro"])
+                                     "model.size=micro", "model.recompute_elementwise=false"])
   assert (config.model.patch_dropout, config.model.remat, config.model.size) == (0.5, True, "micro")
+  assert config.model.recompute_elementwise is False  # a placeholder field (None: by platform)
+
+
+# A compiled module as XLA's GPU backend writes it (Compiled.as_text()), cut down to one op of each
+# kind: a GEMM fusion (Triton), cuDNN's fused attention and a cuBLAS GEMM (custom calls), a
+# LayerNorm fusion, a copy, an optimizer and a loss fusion, and a while loop.
+_IMAGE = "jvp(TwoTowers)/TwoTowers.encode_image/image/encoder/block_0"
+_TEXT = "TwoTowers.encode_text/text/encoder/block_0/attn"
+
+
+def _meta(path):
+  return f', metadata={{op_name="jit(train_step)/{path}"}}'
+
+
+_GPU_HLO = "\n".join([
+    "HloModule jit_train_step, entry_computation_layout={(bf16[8,64]{1,0})->bf16[8,64]{1,0}}",
+    "",
+    "%fused_computation.1 (param_0: bf16[8,64], param_1: bf16[64,64]) -> bf16[8,64] {",
+    "  %param_0 = bf16[8,64]{1,0} parameter(0)",
+    "  %param_1 = bf16[64,64]{1,0} parameter(1)",
+    "  ROOT %dot.1 = bf16[8,64]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, "
+    "rhs_contracting_dims={0}" + _meta(_IMAGE + "/mlp/fc1/dot_general"),
+    "}",
+    "",
+    "%fused_computation.2 (param_0.1: f32[8,64]) -> f32[8] {",
+    "  %param_0.1 = f32[8,64]{1,0} parameter(0)",
+    "  %constant.1 = f32[] constant(0)",
+    "  ROOT %reduce.1 = f32[8]{0} reduce(%param_0.1, %constant.1), dimensions={1}, to_apply=%add"
+    + _meta(_IMAGE + "/ln_1/reduce_sum"),
+    "}",
+    "",
+    "ENTRY %main.9 (p0: bf16[8,64], p1: bf16[64,64]) -> bf16[8,64] {",
+    "  %p0 = bf16[8,64]{1,0} parameter(0)",
+    "  %p1 = bf16[64,64]{1,0} parameter(1)",
+    "  %gemm_fusion.1 = bf16[8,64]{1,0} fusion(%p0, %p1), kind=kCustom, "
+    "calls=%fused_computation.1" + _meta(_IMAGE + "/mlp/fc1/dot_general")
+    + ', backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}',
+    "  %custom-call.3 = (bf16[2,16,4,64]{3,2,1,0}, /*index=1*/u8[0]{0}) "
+    'custom-call(%p0, %p0, %p0), custom_call_target="__cudnn$fmhaSoftmax"'
+    + _meta(f"jvp(TwoTowers)/{_TEXT}/dot_product_attention/jit(_dot_product_attention)/"
+            "custom_call"),
+    "  %cublas-gemm.2 = (bf16[8,192]{1,0}, s8[4]{0}) custom-call(%p0, %p1), "
+    'custom_call_target="__cublas$gemm"'
+    + _meta(f"transpose(jvp(TwoTowers))/{_TEXT}/btw,wshd->sbhtd/dot_general"),
+    "  %loop_fusion.4 = f32[8]{0} fusion(%p0), kind=kLoop, calls=%fused_computation.2"
+    + _meta(_IMAGE + "/ln_1/reduce_sum"),
+    "  %copy.5 = bf16[64,64]{0,1} copy(%p1)",
+    "  %optimizer_fusion = f32[64,64]{1,0} fusion(%p1), kind=kLoop, calls=%fused_computation.2"
+    + _meta("optimizer/add"),
+    "  %loss_fusion = f32[8]{0} fusion(%p0), kind=kLoop, calls=%fused_computation.2"
+    + _meta("jvp()/jit(plackett_luce_nll_rows)/sort"),
+    "  %while.1 = (s32[], bf16[8,64]{1,0}) while(%tuple.0), condition=%cond, body=%body",
+    "  ROOT %tuple.2 = (bf16[8,64]{1,0}) tuple(%gemm_fusion.1)",
+    "}", ""])
+
+
+def _gpu_trace(steps=2, streams=True):
+  """A jax.profiler trace of `steps` steps as its trace.json.gz holds a GPU's: host events (which
+  name HLO ops too: the launches), the device's kernels on a stream line, the converter's derived
+  XLA Ops line repeating them, and a kernel of another module."""
+  events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {"ph": "M", "pid": 2, "name": "process_name",
+             "args": {"name": "/device:GPU:0 NVIDIA H100 80GB HBM3"}},
+            {"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": "python"}},
+            {"ph": "M", "pid": 2, "tid": 11, "name": "thread_name", "args": {"name": "XLA Ops"}},
+            {"ph": "M", "pid": 2, "tid": 12, "name": "thread_name",
+             "args": {"name": "XLA Modules"}}]
+  if streams:
+    events.append({"ph": "M", "pid": 2, "tid": 10, "name": "thread_name",
+                   "args": {"name": "Stream #13(Compute)"}})
+  kernels = [("sm90_xmma_gemm_bf16bf16", "gemm_fusion.1", 400),
+             ("cudnn_fmha_fprop", "custom-call.3", 300),
+             ("cudnn_fmha_reduce", "custom-call.3", 100), ("cutlass_gemm", "cublas-gemm.2", 200),
+             ("loop_fusion_4", "loop_fusion.4", 50), ("copy_5", "copy.5", 25),
+             ("MemcpyD2D", None, 10), ("optimizer_fusion", "optimizer_fusion", 80),
+             ("loss_fusion", "loss_fusion", 40), ("while_body_kernel", "while.1", 999)]
+  ts = 0
+  for _ in range(steps):
+    events.append({"ph": "X", "pid": 1, "tid": 1, "ts": ts, "dur": 5000,
+                   "name": "PjitFunction(jit(train_step))"})
+    for name, op, dur in kernels:
+      args = {"hlo_module": "jit_train_step"} | ({"hlo_op": op} if op else {})
+      events.append({"ph": "X", "pid": 1, "tid": 1, "ts": ts, "dur": 7, "name": f"launch {name}",
+                     "args": dict(args)})  # host side: never counted
+      if streams:
+        events.append({"ph": "X", "pid": 2, "tid": 10, "ts": ts, "dur": dur, "name": name,
+                       "args": args})
+      if op:
+        events.append({"ph": "X", "pid": 2, "tid": 11, "ts": ts, "dur": dur, "name": op,
+                       "args": {"hlo_module": "jit_train_step", "hlo_op": op}})
+      ts += dur
+    events.append({"ph": "X", "pid": 2, "tid": 10 if streams else 11, "ts": ts, "dur": 1000,
+                   "name": "fusion.99", "args": {"hlo_module": "jit_other", "hlo_op": "fusion.99"}})
+    events.append({"ph": "X", "pid": 2, "tid": 12, "ts": 0, "dur": ts, "name": "jit_train_step"})
+  return events
+
+
+def test_step_profile_reads_a_gpu_trace_by_kernel_and_kind():
+  """On a GPU the ops are the device's kernels (per HLO instruction, host events and the derived
+  lines left out, other modules too), and each gets a kind from the compiled module."""
+  from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  per_op, where = step_profile.device_op_times(_gpu_trace(), steps=2, module="jit_train_step")
+  assert where == "device streams of /device:GPU:0 NVIDIA H100 80GB HBM3"
+  expected = {"gemm_fusion.1": 0.4, "custom-call.3": 0.4, "cublas-gemm.2": 0.2,
+              "loop_fusion.4": 0.05, "copy.5": 0.025, "MemcpyD2D": 0.01,
+              "optimizer_fusion": 0.08, "loss_fusion": 0.04, "while.1": 0.999}
+  assert dict(per_op) == pytest.approx(expected)
+  # A trace without stream lines (a TPU's): its XLA Ops line holds the ops.
+  per_op, where = step_profile.device_op_times(_gpu_trace(streams=False), 2, "jit_train_step")
+  assert where.startswith("the device's XLA Ops line")
+  assert per_op["custom-call.3"] == pytest.approx(0.4)
+  assert "MemcpyD2D" not in per_op and "fusion.99" not in per_op
+
+  instructions, computations = step_profile.hlo_instructions(_GPU_HLO)
+  assert instructions["custom-call.3"].target == "__cudnn$fmhaSoftmax"
+  assert instructions["custom-call.3"].opcode == "custom-call"  # after a tuple type
+  assert instructions["gemm_fusion.1"].calls == ("fused_computation.1",)
+  assert computations["main.9"][:3] == ["p0", "p1", "gemm_fusion.1"]
+  kinds = {name: step_profile.op_kind(name, instructions, computations) for name in expected}
+  assert kinds == {"gemm_fusion.1": "matrix products", "custom-call.3": "attention",
+                   "cublas-gemm.2": "matrix products", "loop_fusion.4": "norms and elementwise",
+                   "copy.5": "copies", "MemcpyD2D": "copies", "optimizer_fusion": "optimizer",
+                   "loss_fusion": "loss", "while.1": "other"}
+  summary = step_profile.summarise(per_op=dict(step_profile.device_op_times(
+      _gpu_trace(), 2, "jit_train_step")[0]), hlo_text=_GPU_HLO, wall_ms=2.5)
+  assert summary["control_flow_ms"] == pytest.approx(0.999)  # its body's kernels count instead
+  assert summary["summed_ms"] == pytest.approx(1.205) and summary["unattributed_ms"] == 0.01
+  assert {r["kind"]: r["ms"] for r in summary["by_kind"]} == pytest.approx({
+      "matrix products": 0.6, "attention": 0.4, "optimizer": 0.08, "norms and elementwise": 0.05,
+      "loss": 0.04, "copies": 0.035})
+  parts = {(r["tower"], r["part"], r["pass"]): r["ms"] for r in summary["by_part"]}
+  assert parts[("image", "MLP", "forward")] == pytest.approx(0.4)
+  assert parts[("text", "attention", "forward")] == pytest.approx(0.4)
+  assert parts[("text", "attention", "backward")] == pytest.approx(0.2)
+  assert summary["top"][0]["op"] in ("gemm_fusion.1", "custom-call.3")
+
+
+def test_step_profile_keeps_the_cpu_trace_reading():
+  """Without a device process (a CPU trace) every host event but the runtime's own is an op."""
+  from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 3000, "name": "ThunkExecutor::Execute"},
+            {"ph": "X", "pid": 1, "tid": 2, "ts": 0, "dur": 600, "name": "ynn_fusion.3",
+             "args": {"hlo_op": "ynn_fusion.3"}},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 100, "name": "$profiler.py:1 x"},
+            {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 200, "name": "copy.2"}]
+  per_op, where = step_profile.device_op_times(events, steps=2)
+  assert dict(per_op) == pytest.approx({"ynn_fusion.3": 0.3, "copy.2": 0.1})
+  assert where == "host threads (CPU)"
 
 
 def test_stream_bench_compares_both_tar_readers_on_a_cached_corpus(tmp_path):
