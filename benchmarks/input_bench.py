@@ -8,7 +8,8 @@ resized crop, normalise, tokenise, batch) for each worker count. Also times inde
   python -m benchmarks.input_bench [--num 2048] [--workers 0 1 2 4] [--image_size 224]
       [--batch 64] [--batches 24] [--dir /tmp/input_bench]
 
-Nothing is asserted: record the figures, with the machine, in docs/benchmarks.md.
+Nothing is asserted: record the figures, with the machine, date and commit, in docs/performance.md,
+"Input pipeline".
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ photo-like 256x340 JPEGs (~32 KB), 224-px crops, on a smaller corpus (20k exampl
       [--batch 64] [--batches 60] [--workers 0] [--dir /tmp/rankclip_stream_bench]
   python -m benchmarks.stream_bench --photo    # --members 40000, --image_size 224, --batches 16
 
-Nothing is asserted: record the figures, with the machine, in docs/benchmarks.md.
+Nothing is asserted: record the figures, with the machine, date and commit, in docs/performance.md,
+"Input pipeline".
 """
 
 from __future__ import annotations

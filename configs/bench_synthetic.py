@@ -5,7 +5,8 @@ dozens of seeded runs fits in hours on a 2-core CPU.
   python -m rankclip_jax.sweep --config=configs/bench_synthetic.py \
       --sweep=configs/sweeps/paper_comparison.py --workdir=runs/bench_comparison
 
-What it changes from the demo, and why (measured in docs/benchmarks.md):
+What it changes from the demo, and why (measured in docs/performance.md, "The studies' benchmark
+config"):
 - 40 px images (a 5 x 5 patch grid after the conv stem, objects 10-23 px across) instead of 48;
 - towers of width 96 (image depth 3, text depth 2, 4 heads, embedding 96) instead of 128 and 4;
 - context 16 tokens: 97.9% of the training captions fit whole (the held-out retrieval captions of

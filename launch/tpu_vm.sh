@@ -10,7 +10,7 @@
 # Environment: REPO_URL (default: this checkout's origin), REV (default: this checkout's commit),
 # RUNTIME (TPU VM image, default tpu-ubuntu2204-base), and the usual gcloud project settings.
 # Running it again resumes the run (same WORKDIR) on the same slice; after a preemption, on a new one.
-# The install is README's TPU line: requirements.txt plus jax[tpu] at the pinned JAX (libtpu from
+# The install is docs/installing.md's TPU line: requirements.txt plus jax[tpu] at the pinned JAX (libtpu from
 # PyPI). The VM's python3 must be 3.11 or newer (python3 --version; pick a RUNTIME image that has it).
 # Every value that goes into the workers' command (REPO_URL, REV, CONFIG, WORKDIR, the overrides)
 # is quoted for their shell (bash's printf %q), so each reaches git and main.py exactly as given,

@@ -194,9 +194,10 @@ def _save_replicated_arrays_whole_on_cpu():
   every parameter and optimizer moment) write a slice of it, through one small compiled slicing
   program per array shape and replica. CPU devices share the host's memory, so there is nothing to
   parallelise, only those compilations: a micro run's first save on 8 CPU devices took 7-8 s with
-  replica-parallel saving and ~2 s without (docs/benchmarks.md). Orbax already turns it off by
-  default on GPUs; TPUs keep it. The files written are the same either way. Orbax's registry of
-  array handlers is process-wide, so this applies to every Orbax save of this process on CPU.
+  replica-parallel saving and ~2 s without (docs/performance.md, "Checkpoints on CPU saved from
+  one copy"). Orbax already turns it off by default on GPUs; TPUs keep it. The files written are
+  the same either way. Orbax's registry of array handlers is process-wide, so this applies to
+  every Orbax save of this process on CPU.
   """
   if jax.default_backend() != "cpu":
     return

@@ -5,11 +5,12 @@ gradients: ~180 MiB for the demo's step) with `posix_memalign` at every executio
 worker threads, and frees it at the end. glibc serves an allocation that large with an `mmap` of
 its own (a worker thread's arena holds at most 64 MiB; above its threshold, at most 32 MiB, the main
 heap maps large blocks apart) and unmaps it when it is freed, so every step faults each 4 KiB page
-of the buffer in again: ~46,000 page faults and about a quarter of the demo process's CPU time spent in
-the kernel (docs/benchmarks.md). glibc's `glibc.malloc.hugetlb=1` tunable has it ask the kernel for
-transparent huge pages (2 MiB) on those mappings: measured, 65 times fewer page faults in a demo
-run, its training 0.95x as long (1.08x the examples/s once running), the tiny model's step in
-benchmarks/train_bench.py 0.84x as long, the results identical.
+of the buffer in again: ~46,000 page faults and about a quarter of the demo process's CPU time
+spent in the kernel. glibc's `glibc.malloc.hugetlb=1` tunable has it ask the kernel for transparent
+huge pages (2 MiB) on those mappings: measured, 65 times fewer page faults in a demo run, its
+training 0.95x as long (1.08x the examples/s once running), the tiny model's step in
+benchmarks/train_bench.py 0.84x as long, the results identical (docs/performance.md, "The
+huge-page restart").
 
 glibc reads its tunables only when a process starts, so the training command (`run()` of
 rankclip_jax/main.py) starts itself again, at once and under the same process id, with

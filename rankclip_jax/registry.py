@@ -5,7 +5,7 @@ evaluators, zero-shot tasks): the only list of a kind's names, and what each nam
     LOSSES.add("rankclip", Loss(...))
     LOSSES.get(name)          # the entry, or a ConfigError naming the field and the choices
 
-Config validation, error messages and the README's tables read the names from here.
+Config validation, error messages and the tables of docs/data.md, evaluation.md and training.md read the names from here.
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, micr
   # A non-finite loss makes the gradient non-finite, so that the optimizer (optim.skip_nonfinite)
   # skips the step even when the gradient happened to stay finite. It tests the global norm of the
   # whole gradient it is given (frozen leaves too), so one poisoned leaf is enough: a select over
-  # the whole gradient cost ~2-6% of a small model's step on CPU (docs/benchmarks.md).
+  # the whole gradient cost ~2-6% of a small model's step on CPU (docs/performance.md, "The
+  # non-finite guard").
   grads = dict(grads, logit_scale=jnp.where(jnp.isfinite(loss), grads["logit_scale"], jnp.nan))
   with jax.named_scope("optimizer"):  # names its kernels in profiles (benchmarks/step_profile.py)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

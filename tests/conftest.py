@@ -4,11 +4,12 @@ import os
 
 # XLA CPU's older fusion emitters (one LLVM function per fusion; the newer ones run an MLIR pass
 # pipeline for each): a micro train step compiles in ~0.6x the time and runs ~10% slower (demo
-# step, full optimisations; docs/benchmarks.md, "2026-12-05"). The suite compiles far more than it
-# runs, so its tests and every process they start use them (tests/cli_runs.py xla_flags). An XLA
-# flag that a jaxlib does not know aborts the process, so the controller tries it in a subprocess
-# first; pytest-xdist's workers inherit the verdict. `RANKCLIP_JAX_TEST_XLA_FLAGS= pytest ...`
-# runs the suite with XLA's default emitters (whatever that variable holds is used as given).
+# step, full optimisations; docs/performance.md, "The suite's compiler flags"). The suite compiles
+# far more than it runs, so its tests and every process they start use them (tests/cli_runs.py
+# xla_flags). An XLA flag that a jaxlib does not know aborts the process, so the controller tries
+# it in a subprocess first; pytest-xdist's workers inherit the verdict.
+# `RANKCLIP_JAX_TEST_XLA_FLAGS= pytest ...` runs the suite with XLA's default emitters (whatever
+# that variable holds is used as given).
 _SUITE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if "RANKCLIP_JAX_TEST_XLA_FLAGS" not in os.environ:
   import subprocess  # pylint: disable=g-import-not-at-top

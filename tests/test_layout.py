@@ -1,6 +1,6 @@
 """The package's shape: imports go one way (no cycles; the layers below never import the ones
 above; the library never imports the repository's configs/), every user error is a UserError, and
-the names the README and validation list come from the registries."""
+the names the docs' tables and validation list come from the registries."""
 
 import ast
 import os
@@ -162,10 +162,15 @@ def test_every_user_error_is_a_user_error():
   assert errors.USER_ERRORS == (errors.UserError,)
 
 
-def _first_column(table_header: str) -> list[str]:
-  """The `names` in the first column of the README table whose header row starts with
+def _doc_lines(doc: str) -> list[str]:
+  """The lines of the Markdown file `doc` (a path relative to the repository root)."""
+  return open(os.path.join(REPO, doc)).read().split("\n")
+
+
+def _first_column(doc: str, table_header: str) -> list[str]:
+  """The `names` in the first column of the table of `doc` whose header row starts with
   `table_header`."""
-  lines = open(os.path.join(REPO, "README.md")).read().split("\n")
+  lines = _doc_lines(doc)
   start = next(i for i, line in enumerate(lines) if line.startswith(table_header))
   names = []
   for line in lines[start + 2:]:
@@ -175,11 +180,12 @@ def _first_column(table_header: str) -> list[str]:
   return names
 
 
-def test_the_readme_tables_name_exactly_the_registered_kinds():
+def test_the_docs_tables_name_exactly_the_registered_kinds():
   from rankclip_jax.data.sources import SOURCES  # pylint: disable=g-import-not-at-top
   from rankclip_jax.evaluation.evaluators import EVALUATORS  # pylint: disable=g-import-not-at-top
-  assert sorted(_first_column("| kind | path |")) == sorted(SOURCES.names())
-  assert sorted(_first_column("| kind | what |")) == sorted(EVALUATORS.names())
+  assert sorted(_first_column("docs/data.md", "| kind | path |")) == sorted(SOURCES.names())
+  assert (sorted(_first_column("docs/evaluation.md", "| kind | what |"))
+          == sorted(EVALUATORS.names()))
 
 
 @pytest.mark.parametrize("field,registry", [
@@ -187,11 +193,12 @@ def test_the_readme_tables_name_exactly_the_registered_kinds():
     ("`loss.strategy`", "rankclip_jax.objective:STRATEGIES"),
     ("`loss.weight_schedule`", "rankclip_jax.losses:SCHEDULES"),
 ])
-def test_the_readme_field_table_names_each_registered_choice(field, registry):
+def test_the_training_field_table_names_each_registered_choice(field, registry):
+  """The `meaning` column of the field's row in docs/training.md names the registry's choices, all
+  of them, in the registry's order, and nothing else in backquotes."""
   import importlib  # pylint: disable=g-import-not-at-top
   module, name = registry.split(":")
   names = getattr(importlib.import_module(module), name).names()
-  line = next(l for l in open(os.path.join(REPO, "README.md")).read().split("\n")
-              if l.startswith(f"| {field}"))
+  line = next(l for l in _doc_lines("docs/training.md") if l.startswith(f"| {field}"))
   meaning = line.split("|")[2]
   assert re.findall(r"`([a-z_]+)`", meaning) == list(names), line

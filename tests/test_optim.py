@@ -1,4 +1,4 @@
-"""The optimizer as the README describes it (rankclip_jax/optim.py through step.train_step): no
+"""The optimizer as docs/training.md describes it (rankclip_jax/optim.py through step.train_step): no
 weight decay on norms, biases, the logit scale, position embeddings and the class token; linear
 warmup then cosine; the logit scale's parameter clamped after every update; frozen parameters
 untouched."""
@@ -57,14 +57,14 @@ def paths(tree):
 
 
 def expected_decay(path):
-  """The README's rule, written out by parameter name (not with the config's regex): True for
+  """docs/training.md's rule, written out by parameter name (not with the config's regex): True for
   parameters that get weight decay."""
   name = path.rsplit("/", 1)[-1]
   if name in ("bias", "scale", "pos_embedding", "cls", "logit_scale", "logit_bias"):
     return False  # LayerNorm scale/bias, every bias, position embeddings, class token, logit scale
   if name in ("kernel", "embedding"):
     return True  # dense/conv kernels and the token embedding
-  raise AssertionError(f"parameter {path} is neither decayed nor exempt by the README's rule: "
+  raise AssertionError(f"parameter {path} is neither decayed nor exempt by docs/training.md's rule: "
                        "add it to this test")
 
 
@@ -74,7 +74,7 @@ def test_weight_decay_mask_on_the_real_parameter_tree(layout):
   c = micro_config()
   mask = paths(optim.weight_decay_mask(shapes, c.optim.no_decay_regex))
   assert mask == {p: expected_decay(p) for p in mask}
-  # Each kind the README names is present in the tree (else the check above proves nothing).
+  # Each kind docs/training.md names is present in the tree (else the check above proves nothing).
   names = {p.rsplit("/", 1)[-1] for p in mask}
   assert {"kernel", "embedding", "bias", "scale", "pos_embedding", "logit_scale"} <= names
   if layout == "cls_scanned_bias":

@@ -1,4 +1,4 @@
-"""CLIP and RankCLIP side by side on one seed: the README's first comparison.
+"""CLIP and RankCLIP side by side on one seed: docs/sweeps.md's first comparison.
 
   python -m rankclip_jax.sweep --config=configs/rankclip_synthetic.py \
       --sweep=configs/sweeps/clip_vs_rankclip.py --workdir=runs/clip_vs_rankclip --parallel=2
