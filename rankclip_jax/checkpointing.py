@@ -46,12 +46,13 @@ from typing import Any, Callable, Optional, TypeVar
 import grain
 import jax
 import numpy as np
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from rankclip_jax import compat
 from rankclip_jax import defaults
+from rankclip_jax.data import pipeline
 from rankclip_jax.errors import UserError
 
 STATE, DATA, CONFIG = "state", "data", "config"
@@ -201,12 +202,9 @@ def _save_replicated_arrays_whole_on_cpu():
   """
   if jax.default_backend() != "cpu":
     return
-  try:  # Orbax's default handler for jax.Array, with its metadata store (a private module)
-    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
-  except ImportError:  # another Orbax than requirements.txt's: leave its default alone
+  handler = compat.array_handler_saving_one_copy()
+  if handler is None:  # another Orbax than requirements.txt's: leave its default alone
     return
-  handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
-                                           use_replica_parallel=False)
   # Orbax logs a warning for every override of a registered type; this one is deliberate, and the
   # warning was the first line of every run's output.
   with _absl_warnings_off():
@@ -416,7 +414,7 @@ class Checkpointer:
       if hasattr(data_iterator, "remap_state"):  # its own way (streamed shards: tar_stream.py)
         state = data_iterator.remap_state(data_states, jax.process_index(), jax.process_count())
       else:
-        state = remap_data_position(data_states, jax.process_index(), jax.process_count())
+        state = pipeline.remap_data_position(data_states, jax.process_index(), jax.process_count())
         logging.warning(
             "The data position of step %d was saved by %d processes; this run has %d. Continuing "
             "from the first example of the global order not yet read by every process (%s for "
@@ -541,21 +539,7 @@ class Checkpointer:
 
   def _saved_config(self, step: int):
     """saved_config of `step`, as it is on disk (no fallback)."""
-
-    def merge(node, values: dict[str, Any]):
-      for key, value in values.items():
-        if (isinstance(value, dict) and key in node
-            and isinstance(node[key], ml_collections.ConfigDict)):
-          merge(node[key], value)
-        else:
-          node[key] = value
-
-    config = defaults.base_config()
-    saved = dict(self.restore_config(step))
-    evals = saved.pop("evals", {})
-    merge(config, saved)
-    config.evals = ml_collections.ConfigDict(evals)
-    return config
+    return defaults.over_defaults(self.restore_config(step))
 
   def restore_config(self, step: Optional[int] = None) -> dict:
     step = self.latest_step() if step is None else step
@@ -601,28 +585,6 @@ class Checkpointer:
         f"{self.directory}: the checkpoint of step {step} could not be written ({describe(e)}); "
         f"{there}. Free space or fix the folder's permissions (or use another --workdir), then run "
         "the same command again to resume from the last checkpoint.", reason=describe(e))
-
-
-def remap_data_position(states: list[dict], process_index: int, process_count: int) -> dict:
-  """The input position of process `process_index` of `process_count` when the checkpoint's
-  positions were saved by len(states) processes.
-
-  Process p of P reads examples p, p + P, p + 2P, ... of the global order (data/pipeline.py), and
-  its state {"next_index": n} counts the examples of its slice it has taken (skipped ones
-  included). Every global example before G = min_p(n_p P + p) has been read; the new processes
-  continue from G: process q of Q at ceil((G - q) / Q). Without skipped examples all n_p are equal
-  and this is exact; otherwise the few examples past G that some processes had read come again.
-  """
-  for state in states:
-    if set(state) != {"next_index"}:
-      raise ValueError(
-          f"The saved input position {state} is not a plain example index (it was saved with "
-          "grain worker processes, config.data.worker_count > 0): it cannot be carried to a "
-          f"different process count ({len(states)} -> {process_count}). Resume with "
-          f"{len(states)} processes.")
-  old = len(states)
-  first_unread = min(int(s["next_index"]) * old + p for p, s in enumerate(states))
-  return {"next_index": max(0, -(-(first_unread - process_index) // process_count))}
 
 
 def abstract_with_shardings(tree, shardings):

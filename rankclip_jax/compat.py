@@ -11,6 +11,20 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+def array_handler_saving_one_copy():
+  """Orbax's default handler for jax.Array with replica-parallel saving off (each replicated array
+  written whole from one copy, not in slices, one per replica; checkpointing.py says why on CPU).
+  It needs the array metadata store, which orbax-checkpoint 0.12.8 keeps in a private module: an
+  Orbax that moved it gives None (its own default handler stays), never a crash."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
+    from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+    return ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                          use_replica_parallel=False)
+  except (ImportError, AttributeError, TypeError):  # another Orbax: keep its default
+    return None
+
+
 def cost_analysis(lowered) -> Optional[dict[str, Any]]:
   """XLA's cost analysis of a lowered computation as one dict (None when the backend gives none):
   older JAX releases return a list with one dict per computation, newer ones the dict."""

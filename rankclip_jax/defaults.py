@@ -8,6 +8,8 @@ defaults (so runs written before a field existed still load), and converted mode
 `configs/common.py` re-exports this module for the experiment configs.
 """
 
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -264,3 +266,24 @@ def linear_probe(dataset: str, *, train_split: str = "train", split: str = "",
   on split ("": the dataset's test/validation split); counts 0: all examples."""
   return dict(kind="linear_probe", dataset=dataset, train_split=train_split, split=split,
               num_train=num_train, num_examples=num_examples, data_dir=data_dir)
+
+
+def over_defaults(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A config saved with a run (a checkpoint's JSON) over today's base_config(), so that runs
+  written before a field existed still load with that field's default; `evals` is taken as saved
+  (a run's evaluators are its own), not merged."""
+
+  def merge(node, values: dict[str, Any]):
+    for key, value in values.items():
+      if (isinstance(value, dict) and key in node
+          and isinstance(node[key], ml_collections.ConfigDict)):
+        merge(node[key], value)
+      else:
+        node[key] = value
+
+  config = base_config()
+  saved = dict(saved)
+  evals = saved.pop("evals", {})
+  merge(config, saved)
+  config.evals = ml_collections.ConfigDict(evals)
+  return config

@@ -164,7 +164,7 @@ def test_two_processes_count_every_skipped_example_of_a_csv(tmp_path):
 def test_data_position_across_process_counts():
   """remap_data_position: the first example of the global order not read by every process, split
   over the new processes (process q of Q reads q, q + Q, ...)."""
-  from rankclip_jax.checkpointing import remap_data_position
+  from rankclip_jax.data.pipeline import remap_data_position
   # 2 -> 1 and 1 -> 2 without skips: exact.
   assert remap_data_position([{"next_index": 32}] * 2, 0, 1) == {"next_index": 64}
   assert [remap_data_position([{"next_index": 64}], q, 2) for q in (0, 1)] == [

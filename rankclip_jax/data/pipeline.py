@@ -234,3 +234,25 @@ def eval_batches(source, *, batch_size: int, tokenizer: ClipTokenizer, image_siz
         batch[key] = [r[key] for r in raw]
       yield batch
       raw, items = [], []
+
+
+def remap_data_position(states: list[dict], process_index: int, process_count: int) -> dict:
+  """The input position of process `process_index` of `process_count` when the checkpoint's
+  positions were saved by len(states) processes.
+
+  Process p of P reads examples p, p + P, p + 2P, ... of the global order (data/pipeline.py), and
+  its state {"next_index": n} counts the examples of its slice it has taken (skipped ones
+  included). Every global example before G = min_p(n_p P + p) has been read; the new processes
+  continue from G: process q of Q at ceil((G - q) / Q). Without skipped examples all n_p are equal
+  and this is exact; otherwise the few examples past G that some processes had read come again.
+  """
+  for state in states:
+    if set(state) != {"next_index"}:
+      raise ValueError(
+          f"The saved input position {state} is not a plain example index (it was saved with "
+          "grain worker processes, config.data.worker_count > 0): it cannot be carried to a "
+          f"different process count ({len(states)} -> {process_count}). Resume with "
+          f"{len(states)} processes.")
+  old = len(states)
+  first_unread = min(int(s["next_index"]) * old + p for p, s in enumerate(states))
+  return {"next_index": max(0, -(-(first_unread - process_index) // process_count))}
