@@ -92,10 +92,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
 
   c.loss = ml_collections.ConfigDict()
-  # rankclip (both weights 0: plain CLIP) | cyclip (the weights are CyCLIP's lambda_2, lambda_1) |
-  # siglip (pairwise sigmoid with a learnable bias; the weights must be 0) | alip (CLIP on the raw
-  # text and on a synthetic caption of each image, weighted by consistency gates; the weights must
-  # be 0; the training data must give synthetic captions: data.train.synthetic_caption_key)
+  # Every name of losses.LOSSES: rankclip (CLIP + the ranking terms; both weights 0: CLIP's loss
+  # and gradient, the ranking terms still computed and logged, the studies' CLIP) | clip (CLIP
+  # alone, nothing else computed: the same loss and gradient at CLIP's own cost) | cyclip (the
+  # weights are CyCLIP's lambda_2, lambda_1) | siglip (pairwise sigmoid with a learnable bias; the
+  # weights must be 0) | pcclip (PC-CLIP fine-tuning on image pairs; the weights must be 0) | alip
+  # (CLIP on the raw text and on a synthetic caption of each image, weighted by consistency gates;
+  # the weights must be 0; the training data must give synthetic captions). docs/method.md.
   c.loss.name = "rankclip"
   c.loss.cross_weight = 1 / 16  # cross-modal term's weight (RankCLIP authors: r(t) / 16)
   c.loss.inmodal_weight = 1 / 16  # in-modal term's weight

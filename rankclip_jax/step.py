@@ -77,7 +77,7 @@ def _embed(model, params, images, batch, rng):
   return image_emb, {k: text_emb[:, j] for j, k in enumerate(fields)}, logit_scale
 
 
-def embed_images(model, params, batch, rng):
+def embed_image_text(model, params, batch, rng):
   """-> ({"image", "text"[, "synthetic_text"]: embeddings}, logit scale) of a batch of (image,
   caption) pairs."""
   image_emb, texts, logit_scale = _embed(model, params, batch["image"], batch, rng)
@@ -93,9 +93,9 @@ def embed_image_pairs(model, params, batch, rng):
   return dict(texts, image=l2_normalize(image_emb[:n] - image_emb[n:])), logit_scale
 
 
-# How a batch is embedded, by the image fields its source kind gives (data/sources.py).
-EMBEDDINGS: dict[tuple[str, ...], Callable] = {("image",): embed_images,
-                                               ("image_a", "image_b"): embed_image_pairs}
+# The function that embeds a batch, by the image fields its source kind gives (data/sources.py).
+EMBED_BY_IMAGE_FIELDS: dict[tuple[str, ...], Callable] = {("image",): embed_image_text,
+                                                          ("image_a", "image_b"): embed_image_pairs}
 
 
 def _split_microbatches(x, m):
@@ -110,7 +110,7 @@ def _merge_microbatches(x):
 
 
 def loss_and_grads(params, batch, step, rng, loss_state, *, model, objective,
-                   microbatches: int = 1, embed: Callable = embed_images):
+                   microbatches: int = 1, embed: Callable = embed_image_text):
   """((loss, metrics, new loss_state), grads) of the objective on one global batch, embedded by
   `embed`, from the loss state `loss_state` (TrainState.loss_state); `rng` is the step's key for
   the model's training randomness (patch dropout).
@@ -167,7 +167,7 @@ def loss_and_grads(params, batch, step, rng, loss_state, *, model, objective,
 
 
 def train_step(state: TrainState, batch, *, model, tx, schedule, objective, microbatches=1,
-               freeze_regex: str = "", embed: Callable = embed_images, seed: int = 0):
+               freeze_regex: str = "", embed: Callable = embed_image_text, seed: int = 0):
   model_batch = {k: v for k, v in batch.items() if k != "skipped"}
   # The step's randomness is a function of (seed, step) and of each row's place in the global batch
   # (jax.random's draws do not depend on the sharding), so a resumed run draws what the

@@ -96,7 +96,7 @@ class Trainer(ModelSetup):
         step_lib.train_step, model=setup.model, tx=self.tx, schedule=self.schedule,
         objective=objective, microbatches=microbatches,
         freeze_regex=self.config.optim.freeze_regex,
-        embed=step_lib.EMBEDDINGS[self.image_keys], seed=self.config.seed)
+        embed=step_lib.EMBED_BY_IMAGE_FIELDS[self.image_keys], seed=self.config.seed)
     _, shardings = self._state_of(setup)
     return jax.jit(step, in_shardings=(shardings, self.batch_sharding),
                    out_shardings=(shardings, shd.replicated(self.mesh)), donate_argnums=0)
@@ -181,7 +181,8 @@ def refuse_to_go_back(total_steps: int, workdir: str) -> None:
   """ConfigError when the run in `workdir` has trained past `total_steps`: resumed, it would save
   its later state as step `total_steps` and report results under that step. Read with a read-only
   Checkpointer, before the writing one exists: a refused start writes, deletes and starts nothing
-  in the run (the writer's start-up cleans up interrupted saves and starts Orbax's saving machinery)."""
+  in the run (the writer's start-up cleans up interrupted saves and starts Orbax's saving
+  machinery)."""
   directory = checkpointing.checkpoint_dir(workdir)
   if not epath.Path(directory).is_dir():
     return

@@ -504,7 +504,7 @@ def test_both_captions_go_through_the_text_tower_each_in_its_own_field():
            "text": rng.integers(1, 100, size=(6, 8)).astype(np.int32),
            "synthetic_text": rng.integers(100, 200, size=(6, 8)).astype(np.int32)}
   model = StandInModel()
-  emb, scale = step_lib.embed_images(model, params, batch, jax.random.key(0))
+  emb, scale = step_lib.embed_image_text(model, params, batch, jax.random.key(0))
   image, text, _ = model.apply({"params": params}, batch["image"], batch["text"])
   _, synthetic_text, _ = model.apply({"params": params}, batch["image"], batch["synthetic_text"])
   assert set(emb) == {"image", "text", "synthetic_text"} and float(scale) == 2.0

@@ -202,3 +202,18 @@ def test_the_training_field_table_names_each_registered_choice(field, registry):
   line = next(l for l in _doc_lines("docs/training.md") if l.startswith(f"| {field}"))
   meaning = line.split("|")[2]
   assert re.findall(r"`([a-z_]+)`", meaning) == list(names), line
+
+
+def test_the_loss_name_comment_in_the_defaults_names_every_loss():
+  """defaults.py's comment above `c.loss.name` is where a user reading the config learns the names:
+  it lists every name of the LOSSES registry, in the registry's order."""
+  from rankclip_jax.losses import LOSSES  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "rankclip_jax", "defaults.py"), encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  at = next(i for i, l in enumerate(lines) if l.strip().startswith("c.loss.name ="))
+  start = at
+  while lines[start - 1].strip().startswith("#"):
+    start -= 1
+  comment = " ".join(l.strip().lstrip("#") for l in lines[start:at])
+  named = re.findall(r"(?:: |\| )([a-z]+)\s*\(", comment)
+  assert named == list(LOSSES.names()), comment

@@ -115,7 +115,7 @@ def test_gradcache_embeds_each_microbatch_with_one_mask(params):
 
   def direct(p):  # micro-batch k embedded with fold_in(rng, k), in one differentiable pass
     micro = jax.tree.map(lambda x: step_lib._split_microbatches(x, 2), batch)
-    outs = [step_lib.embed_images(model, p, jax.tree.map(lambda x: x[k], micro),
+    outs = [step_lib.embed_image_text(model, p, jax.tree.map(lambda x: x[k], micro),
                                   jax.random.fold_in(rng, k)) for k in range(2)]
     image = step_lib._merge_microbatches(jnp.stack([o[0]["image"] for o in outs]))
     text = step_lib._merge_microbatches(jnp.stack([o[0]["text"] for o in outs]))

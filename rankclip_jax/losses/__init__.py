@@ -11,16 +11,16 @@ from typing import Callable
 from rankclip_jax.losses.alip import alip_gates
 from rankclip_jax.losses.alip import alip_initial_state
 from rankclip_jax.losses.alip import alip_loss
-from rankclip_jax.losses.baselines import cyclip_loss
-from rankclip_jax.losses.baselines import siglip_loss
 from rankclip_jax.losses.contrastive import clip_logits
 from rankclip_jax.losses.contrastive import clip_loss
 from rankclip_jax.losses.contrastive import clip_loss_and_metrics
+from rankclip_jax.losses.cyclip import cyclip_loss
+from rankclip_jax.losses.rankclip import SCHEDULES
 from rankclip_jax.losses.rankclip import rankclip_loss
 from rankclip_jax.losses.rankclip import ranking_weight_multiplier
-from rankclip_jax.losses.rankclip import SCHEDULES
 from rankclip_jax.losses.ranking import plackett_luce_nll
 from rankclip_jax.losses.ranking import plackett_luce_nll_rows
+from rankclip_jax.losses.siglip import siglip_loss
 from rankclip_jax.registry import Registry
 
 
