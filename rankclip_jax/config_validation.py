@@ -196,6 +196,11 @@ def _validate_loss(c, n: int) -> None:
              f"config.loss.name={c.loss.name!r} has no ranking or cyclic terms: set "
              "--config.loss.cross_weight=0 --config.loss.inmodal_weight=0 (or use "
              f"configs/{c.loss.name}_synthetic.py).")
+  for field, spec in loss.fields.items():  # the loss's own numbers (losses.LOSSES)
+    value = c.loss[field]
+    _require(spec.allowed(value),
+             f"config.loss.{field}={value} must be {spec.allowed_text} (loss {c.loss.name!r}: "
+             f"{spec.doc}; default {spec.default}).")
   _choose(SOURCES, c.data.train.kind, "config.data.train.kind")
   if "synthetic_text" in loss.texts:
     _validate_synthetic_captions(c)
@@ -221,14 +226,9 @@ def _validate_loss(c, n: int) -> None:
 
 
 def _validate_synthetic_captions(c) -> None:
-  """A loss that trains on a second, synthetic caption of each image (ALIP): its constants, and a
-  training source that gives one."""
+  """A loss that trains on a second, synthetic caption of each image (ALIP): a training source that
+  gives one."""
   name = c.loss.name
-  _require(0 <= c.loss.alip_momentum < 1,
-           f"config.loss.alip_momentum={c.loss.alip_momentum} must be in [0, 1) (the authors': "
-           "0.99).")
-  _require(c.loss.alip_temperature > 0,
-           f"config.loss.alip_temperature={c.loss.alip_temperature} must be > 0 (the authors': 2).")
   src = c.data.train
   kind = SOURCES.get(src.kind)
   with_captions = [k for k, v in SOURCES.items() if v.synthetic_captions]

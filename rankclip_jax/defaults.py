@@ -13,6 +13,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from rankclip_jax import losses
+
 # CLIP's: no weight decay on LayerNorm parameters, biases, the logit scale, position embeddings and
 # the class token (paths look like "image/encoder/block_0/ln_1/scale").
 NO_DECAY_REGEX = r".*(bias|scale|logit_scale|pos_embedding|cls)$"
@@ -107,10 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
   # rows against the gathered batch: (N/P) x N memory) | "plain" (full N x N matrices, XLA decides).
   c.loss.strategy = "sharded"
   c.loss.chunk_size = 0  # rows per rematerialised block (0: all local rows at once)
-  # ALIP's gates (losses/alip.py; the authors' constants): the running mean cosines move by
-  # m <- momentum * m + (1 - momentum) * batch mean; the gates are exp(temperature * (cos - m)).
-  c.loss.alip_momentum = 0.99
-  c.loss.alip_temperature = 2.0
+  # Each loss's own numbers, with their defaults: the `fields` of its entry in losses.LOSSES
+  # (losses/__init__.py), which also says what each is and the values it may take. Today ALIP's
+  # alip_momentum (0.99) and alip_temperature (2.0).
+  for field, spec in losses.loss_fields().items():
+    c.loss[field] = spec.default
 
   # Contrastive gradient accumulation (GradCache): embed the global batch in this many micro-batches
   # without gradient, take the loss gradient w.r.t. the embeddings on the whole batch, then

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from rankclip_jax import losses
 from rankclip_jax import sharding as shd
 from rankclip_jax.losses import LOSSES, ranking_weight_multiplier
 from rankclip_jax.registry import Registry
@@ -37,20 +38,26 @@ def _plain(objective, mesh):
 
 def make_objective(mesh, *, name: str, cross_weight: float, inmodal_weight: float,
                    weight_schedule: str, strategy: str, chunk_size: int, total_steps: int,
-                   alip_momentum: float = 0.99, alip_temperature: float = 2.0):
+                   **loss_fields: float):
   """-> objective(embeddings, logit_scale, logit_bias, loss_state, step) -> (loss, metrics,
   new loss_state), the one interface of every loss (losses.Loss).
 
   embeddings: {"image", "text", and the loss's other caption fields (ALIP: "synthetic_text")}, each
   [N, D] over the global batch; loss_state: the loss's running quantities (TrainState.loss_state).
-  The keyword arguments are config.loss's fields (and config.total_steps, for the schedule).
+  The keyword arguments are config.loss's fields (and config.total_steps, for the schedule):
+  loss_fields, every loss's own (losses.loss_fields()), of which the chosen loss reads its own, at
+  their defaults where not given.
   """
   loss = LOSSES.get(name)
   chunk = chunk_size or None
+  unknown = sorted(set(loss_fields) - set(losses.loss_fields()))
+  if unknown:
+    raise TypeError(f"make_objective: no loss has the fields {unknown}.")
+  own = {k: float(loss_fields.get(k, spec.default)) for k, spec in loss.fields.items()}
 
   def objective(embeddings, logit_scale, logit_bias, multiplier, loss_state, *, axis_name):
-    hp = {"cross_weight": cross_weight * multiplier, "inmodal_weight": inmodal_weight * multiplier,
-          "alip_momentum": alip_momentum, "alip_temperature": alip_temperature}
+    hp = dict(own, cross_weight=cross_weight * multiplier,
+              inmodal_weight=inmodal_weight * multiplier)
     return loss.fn(embeddings, jnp.exp(logit_scale), logit_bias, loss_state, hp,
                    axis_name=axis_name, chunk_size=chunk)
 

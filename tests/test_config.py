@@ -164,6 +164,39 @@ def test_siglip_rejects_ranking_weights():
     validate_config(c, num_devices=8, process_count=1)
 
 
+def test_each_loss_owns_its_fields():
+  """A loss's own numbers (losses.Loss.fields) are config.loss fields at their defaults, checked
+  only when that loss is chosen, and reach its function; make_objective refuses a field no loss
+  has."""
+  from rankclip_jax.losses import LOSSES, loss_fields  # pylint: disable=g-import-not-at-top
+  from rankclip_jax.objective import make_objective  # pylint: disable=g-import-not-at-top
+  c = parse(["--config=configs/rankclip_synthetic.py"])
+  fields = loss_fields()
+  assert set(fields) == set(LOSSES.get("alip").fields) and fields
+  for name, spec in fields.items():
+    assert c.loss[name] == spec.default
+  c.loss.alip_temperature = -1.0  # not ALIP's run: not its business
+  validate_config(c, num_devices=8, process_count=1)
+  kw = dict(name="rankclip", cross_weight=0.0, inmodal_weight=0.0, weight_schedule="constant",
+            strategy="plain", chunk_size=0, total_steps=10)
+  make_objective(None, **kw, alip_momentum=0.5)
+  with pytest.raises(TypeError, match="alip_momentun"):
+    make_objective(None, **kw, alip_momentun=0.5)
+  # ALIP's momentum reaches its function: at 0 the running means become this batch's means.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rankclip_jax.losses import alip_initial_state  # pylint: disable=g-import-not-at-top
+  emb = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in zip(
+      ("image", "text", "synthetic_text"), np.random.default_rng(0).normal(size=(3, 8, 4)))}
+  means = {}
+  for momentum in (0.0, 0.99):
+    objective = make_objective(None, **dict(kw, name="alip"), alip_momentum=momentum)
+    _, _, state = objective(emb, np.float32(0.0), None, alip_initial_state(), 0)
+    means[momentum] = {k: float(v) for k, v in state.items()}
+  cos = lambda a, b: float(np.mean(np.sum(emb[a] * emb[b], axis=1)))  # pylint: disable=unnecessary-lambda-assignment
+  assert means[0.0]["mean_it"] == pytest.approx(cos("image", "text"), abs=1e-5), means
+  assert means[0.99]["mean_it"] == pytest.approx(0.99 + 0.01 * cos("image", "text"), abs=1e-5)
+
+
 def test_cc3m_config_says_what_data_it_expects():
   c = parse(["--config=configs/rankclip_cc3m.py"])
   assert c.model.size == "B/32" and c.image_size == 224 and c.context_length == 77

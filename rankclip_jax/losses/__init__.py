@@ -25,6 +25,17 @@ from rankclip_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
+class Field:
+  """A number of config.loss that belongs to one loss: its default, the values it may take, and
+  what it is (for the config's comments and the error a bad value gets)."""
+
+  default: float
+  allowed: Callable[[float], bool]
+  allowed_text: str  # e.g. "in [0, 1)"
+  doc: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Loss:
   """A config.loss.name, with one calling convention for every loss:
 
@@ -32,8 +43,8 @@ class Loss:
 
   embeddings: {"image": [N, D], "text": [N, D], and each other field of `texts`}, L2-normalised;
   state: the loss's own running quantities (a dict of scalars: ALIP's running means; {} for the
-  others), passed in and returned; hp: config.loss's numbers {"cross_weight", "inmodal_weight"
-  (after their schedule), "alip_momentum", "alip_temperature"}, each loss reading its own.
+  others), passed in and returned; hp: config.loss's numbers, each loss reading its own:
+  "cross_weight" and "inmodal_weight" (after their schedule), and the loss's own `fields`.
   """
 
   fn: Callable
@@ -44,6 +55,21 @@ class Loss:
   texts: tuple[str, ...] = ("text",)
   # () -> the state at step 0 (a dict of float32 scalars).
   init_state: Callable[[], dict] = dict
+  # The loss's own numbers, config.loss.<name> (defaults.py gives every loss's its default; config
+  # validation checks the chosen loss's; make_objective passes them in `hp`).
+  fields: dict[str, Field] = dataclasses.field(default_factory=dict)
+
+
+def loss_fields() -> dict[str, Field]:
+  """Every registered loss's own config.loss fields, by name (the names are unique: checked)."""
+  out: dict[str, Field] = {}
+  for name, loss in LOSSES.items():
+    for field, spec in loss.fields.items():
+      if field in out or field in ("name", "cross_weight", "inmodal_weight", "weight_schedule",
+                                   "strategy", "chunk_size"):
+        raise ValueError(f"config.loss.{field} of loss {name!r} is already a config.loss field.")
+      out[field] = spec
+  return out
 
 
 def _stateless(loss_fn: Callable) -> Callable:
@@ -80,10 +106,18 @@ LOSSES.add("pcclip", Loss(_stateless(
                                                **kw)),
     weighted=False, pairs=True))
 # ALIP: CLIP on the raw text and on a synthetic caption, weighted by consistency gates.
-LOSSES.add("alip", Loss(_alip, weighted=False, texts=("text", "synthetic_text"),
-                        init_state=alip_initial_state))
+LOSSES.add("alip", Loss(
+    _alip, weighted=False, texts=("text", "synthetic_text"), init_state=alip_initial_state,
+    fields={  # the authors' constants (losses/alip.py)
+        "alip_momentum": Field(
+            0.99, lambda v: 0 <= v < 1, "in [0, 1)",
+            "the running mean cosines move by m <- momentum * m + (1 - momentum) * batch mean"),
+        "alip_temperature": Field(
+            2.0, lambda v: v > 0, "> 0", "the gates are exp(temperature * (cos - m))"),
+    }))
 
 __all__ = [
+    "Field",
     "LOSSES",
     "Loss",
     "SCHEDULES",
@@ -94,6 +128,7 @@ __all__ = [
     "clip_loss",
     "clip_loss_and_metrics",
     "cyclip_loss",
+    "loss_fields",
     "plackett_luce_nll",
     "plackett_luce_nll_rows",
     "rankclip_loss",
