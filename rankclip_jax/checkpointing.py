@@ -174,6 +174,12 @@ def resolve_run(path: str) -> tuple[str, Optional[int]]:
       "or one checkpoint, checkpoints/<step>.")
 
 
+def finished_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoints in `directory` (none if it does not exist), read from
+  the files alone: no CheckpointManager, so no collective between processes and nothing started."""
+  return sorted(ocp.utils.checkpoint_steps(absolute_path(directory)))
+
+
 @contextlib.contextmanager
 def _absl_warnings_off():
   """Orbax's warnings for settings chosen on purpose (a handler override, a read-only manager)

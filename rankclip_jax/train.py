@@ -179,18 +179,12 @@ class Trainer(ModelSetup):
 
 def refuse_to_go_back(total_steps: int, workdir: str) -> None:
   """ConfigError when the run in `workdir` has trained past `total_steps`: resumed, it would save
-  its later state as step `total_steps` and report results under that step. Read with a read-only
-  Checkpointer, before the writing one exists: a refused start writes, deletes and starts nothing
-  in the run (the writer's start-up cleans up interrupted saves and starts Orbax's saving
-  machinery)."""
-  directory = checkpointing.checkpoint_dir(workdir)
-  if not epath.Path(directory).is_dir():
-    return
-  reader = checkpointing.Checkpointer(directory, read_only=True)
-  try:
-    newest, steps = reader.latest_step(), reader.all_steps()
-  finally:
-    reader.close()
+  its later state as step `total_steps` and report results under that step. Checked on the files,
+  before the writing Checkpointer exists: a refused start writes, deletes and starts nothing in the
+  run (the writer's start-up cleans up interrupted saves and starts Orbax's saving machinery), and
+  every process of a multi-process run reads the same finished steps, without a collective."""
+  steps = checkpointing.finished_steps(checkpointing.checkpoint_dir(workdir))
+  newest = max(steps, default=None)
   if newest is None or newest <= total_steps:
     return
   raise ConfigError(
