@@ -6,10 +6,10 @@ Data it expects: CC3M as webdataset tar shards written by img2dataset (`{key}.jp
 or CSV/TSV files of (image path, caption) rows:
   --config.data.train.kind=csv --config.data.train.path=/data/cc3m/train.csv
 docs/data.md, "Obtaining CC3M", says how to write them with img2dataset. The shards are indexed at
-start-up (kind `webdataset`): at CC3M's size that costs seconds on a GPU host and ~0.3 GB a process, for a
-global shuffle every epoch; `--config.data.train.kind=webdataset_stream` reads them as streams
-instead, the better choice from a few tens of millions of pairs on (docs/performance.md, "Tar
-shards: streamed vs random access").
+start-up (kind `webdataset`): at CC3M's size that costs seconds on a GPU host and ~0.3 GB a
+process, for a global shuffle every epoch; `--config.data.train.kind=webdataset_stream` reads them
+as streams instead, the better choice from a few tens of millions of pairs on
+(docs/performance.md, "Tar shards: streamed vs random access").
 
 Evaluation: zero-shot ImageNet-1k, -V2, -Sketch, -A, -R, CIFAR-10/100 from TFDS ArrayRecord files
 under --config.data.eval_data_dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets); a set that is

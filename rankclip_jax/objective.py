@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from rankclip_jax import losses
 from rankclip_jax import sharding as shd
-from rankclip_jax.losses import LOSSES, ranking_weight_multiplier
+from rankclip_jax.losses import LOSSES, loss_fields as all_loss_fields, ranking_weight_multiplier
 from rankclip_jax.registry import Registry
 
 # config.loss.strategy: (objective(..., *, axis_name), mesh) -> objective over the global batch.
@@ -50,7 +49,7 @@ def make_objective(mesh, *, name: str, cross_weight: float, inmodal_weight: floa
   """
   loss = LOSSES.get(name)
   chunk = chunk_size or None
-  unknown = sorted(set(loss_fields) - set(losses.loss_fields()))
+  unknown = sorted(set(loss_fields) - set(all_loss_fields()))
   if unknown:
     raise TypeError(f"make_objective: no loss has the fields {unknown}.")
   own = {k: float(loss_fields.get(k, spec.default)) for k, spec in loss.fields.items()}

@@ -193,7 +193,8 @@ class EncoderBlock(nn.Module):
   each): the same numbers up to round-off, three [tokens, width]-sized tensors (one of them 4x
   wider) fewer per block in the step's working memory, for a few elementwise ops more. On a CPU the
   smaller working memory more than pays for them (the tiny towers' step: 426 -> 348 MiB, ~10%
-  shorter; docs/performance.md, "recompute_elementwise"). Independent of `remat`, which recomputes whole blocks.
+  shorter; docs/performance.md, "recompute_elementwise"). Independent of `remat`, which recomputes
+  whole blocks.
 
   query_index: int [batch] or None. Given, the block computes only that token of each row (its
   attention over all the row's tokens, then the MLP) and returns [batch, 1, width]: what the full

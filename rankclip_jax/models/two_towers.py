@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rankclip_jax.models import platform_defaults
 from rankclip_jax.data.tokenizer import EOT_ID, VOCAB_SIZE
+from rankclip_jax.models import platform_defaults
 from rankclip_jax.models.text import TextTransformer
 from rankclip_jax.models.vit import VisionTransformer
 
