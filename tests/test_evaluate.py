@@ -1,5 +1,6 @@
 """Representation diagnostics on cases with known answers, and the standalone evaluation command."""
 
+import glob
 import json
 import os
 import subprocess
@@ -74,33 +75,40 @@ def test_embedding_picture_shows_both_modalities():
   np.testing.assert_array_equal(pic, D.embedding_picture(image, text, size=128))
 
 
-def test_standalone_evaluation_reproduces_the_runs_final_results(tmp_path):
-  """A run is trained; `python -m rankclip_jax.evaluate --workdir` on its last checkpoint gives the
-  numbers the run itself reported at the end, and writes the JSON, Markdown, PNG and events."""
-  from rankclip_jax import train
-  from test_train import micro_config
-  c = micro_config(total_steps=4)
-  c.checkpoint.every_steps = 2
+def test_standalone_evaluation_reproduces_the_runs_final_results(tmp_path, uninterrupted_run):
+  """`python -m rankclip_jax.evaluate --workdir` on the last checkpoint of a finished `main.py` run
+  (a copy of the session's reference run, 2 devices) on another device count (4) gives the numbers
+  the run itself reported at the end, and writes the JSON, Markdown, PNG and events."""
+  import shutil
+  from tests import cli_runs
   workdir = tmp_path / "run"
-  final = train.train_and_evaluate(c, str(workdir))
-  assert (workdir / "pictures" / "diagnostics_embedding_space_4.png").exists()
+  shutil.copytree(uninterrupted_run, workdir)
+  events = set(glob.glob(str(workdir / "events.out.tfevents.*")))
+  final = json.load(open(workdir / "results.json"))
+  step = cli_runs.REFERENCE_STEPS
+  assert final["step"] == step and (workdir / "pictures" /
+                                    f"diagnostics_embedding_space_{step}.png").exists()
   proc = subprocess.run(
       [sys.executable, "-m", "rankclip_jax.evaluate", f"--workdir={workdir}"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, XLA_FLAGS=xla_flags(2)))
+      env=dict(os.environ, XLA_FLAGS=xla_flags(4)))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"Evaluation of {workdir} at step 4:" in proc.stdout
+  assert f"Evaluation of {workdir} at step {step}:" in proc.stdout
   assert "| zs_shape/top1 |" in proc.stdout and "| diagnostics/modality_gap |" in proc.stdout
-  standalone = json.load(open(workdir / "eval" / "results_4.json"))
-  assert standalone["step"] == 4
+  standalone = json.load(open(workdir / "eval" / f"results_{step}.json"))
+  assert standalone["step"] == step
   for key, value in final.items():
-    assert standalone[key] == pytest.approx(value, abs=1e-4), key  # 8 devices then, 2 now
-  assert "| retrieval/i2t_r1 |" in open(workdir / "eval" / "results_4.md").read()
+    assert standalone[key] == pytest.approx(value, abs=1e-4), key  # 2 devices then, 4 now
+  assert "| retrieval/i2t_r1 |" in open(workdir / "eval" / f"results_{step}.md").read()
+  written = set(glob.glob(str(workdir / "events.out.tfevents.*"))) - events
+  assert len(written) == 1 and cli_runs.logged(workdir, "zs_shape/top1")[step] == pytest.approx(
+      final["zs_shape/top1"], abs=1e-4)
   # An earlier checkpoint by --step, and a clear error for one that does not exist.
+  have = cli_runs.checkpoint_steps(workdir)
   proc = subprocess.run(
       [sys.executable, "-m", "rankclip_jax.evaluate", f"--workdir={workdir}", "--step=3"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert proc.returncode != 0 and "no checkpoint for step 3; have [2, 4]" in proc.stderr
+  assert proc.returncode != 0 and f"no checkpoint for step 3; have {have}" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

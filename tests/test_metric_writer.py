@@ -128,21 +128,3 @@ def test_config_metric_writer_chooses_and_clu_without_tensorflow_is_an_error(tmp
   _without_tensorflow(monkeypatch)
   with pytest.raises(metric_writer.MetricWriterError, match="--config.metric_writer=auto"):
     metric_writer.create_default_writer(str(tmp_path), choice="clu")
-
-
-def test_a_tensorboard_writer_run_never_imports_tensorflow(tmp_path):
-  """main.py with --config.metric_writer=tensorboard: TensorFlow is installed here but the
-  process never loads it (the ~4 s the tests' many short runs save), and its events are read."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  from tests import cli_runs  # pylint: disable=g-import-not-at-top
-  # main.py run as __main__, with an exit hook that says whether TensorFlow was ever imported.
-  cmd = [sys.executable, "-c",
-         "import atexit, runpy, sys\n"
-         "atexit.register(lambda: print('TENSORFLOW LOADED:', 'tensorflow' in sys.modules))\n"
-         "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"]
-  cmd += cli_runs.train_cmd(tmp_path, total_steps=2, extra=["--config.metric_writer=tensorboard"])[1:]
-  out = subprocess.run(cmd, env=cli_runs.env(1), capture_output=True, text=True, timeout=300,
-                       cwd=cli_runs.REPO)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "TENSORFLOW LOADED: False" in out.stdout, out.stdout[-2000:]
-  assert sorted(cli_runs.logged(tmp_path)) == [1, 2]

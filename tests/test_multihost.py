@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
 import grain
 import jax
@@ -28,13 +29,18 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   outs = run_processes(_train_cmd(two), n=2, devices_each=2)
   assert "on 4 cpu device(s)" in outs[0] and "Results (held-out evaluation)" in outs[0]
   assert "Results" not in outs[1]  # process 0 alone reports
-  single = subprocess.run(_train_cmd(one), env=env(4), capture_output=True, text=True,
-                          timeout=400, cwd=REPO)
+  # main.py run as __main__ with an exit hook that says whether TensorFlow was ever imported: with
+  # --config.metric_writer=tensorboard (cli_runs.train_cmd) it never is, though it is installed.
+  hook = ("import atexit, runpy, sys\n"
+          "atexit.register(lambda: print('TENSORFLOW LOADED:', 'tensorflow' in sys.modules))\n"
+          "sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+  single = subprocess.run([sys.executable, "-c", hook] + _train_cmd(one)[1:], env=env(4),
+                          capture_output=True, text=True, timeout=400, cwd=REPO)
   assert single.returncode == 0, single.stderr[-4000:]
+  assert "TENSORFLOW LOADED: False" in single.stdout, single.stdout[-2000:]
   # Nothing logged at warning level or above (absl's "W1203 12:00:00.000 ..." lines): Orbax's
   # warning on the checkpointer's array handler opened every run's output.
   assert not [l for l in single.stderr.splitlines() if re.match(r"[WEF]\d{4} ", l)], single.stderr
-  # Same global batches (each process its half of every batch), same losses and results.
   # The same global batches (each process its half of every batch) give the same losses and the
   # same gradients: the gradient norm of every step, before the optimizer's normalisation hides a
   # constant factor (a sum over processes where a mean belongs), compared as tightly as the loss.

@@ -309,8 +309,8 @@ def _lock_free(workdir) -> bool:
 
 def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, uninterrupted_run):
   """Three runs of tests/cli_runs.py's micro recipe: `done` already finished (the session's
-  uninterrupted run, copied in), `warm_start` starts from weights that are not there yet (it
-  fails), `reference,seed=0` trains that recipe again. The sweep is killed (SIGKILL) once it
+  uninterrupted run, copied in), `warm_start` (2 steps) starts from weights that are not there
+  yet (it fails), `reference,seed=0` trains that recipe again. The sweep is killed (SIGKILL) once it
   has a checkpoint: the run gets SIGTERM as its sweep dies, saves and stops. Then the weights
   appear and the same command (with --parallel=2) skips `done`, retries `warm_start` (its failed
   log kept as log.1.txt) and resumes `reference,seed=0`, which ends exactly like the
@@ -320,8 +320,8 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   shutil.copytree(uninterrupted_run, workdir / "done")
   # reference,seed=0: the recipe's own seed, in a folder named like the studies' (',' and '=').
   sweep_file = _sweep_file(tmp_path, f'Sweep(runs=chain(variants({{"done": {{}}, "warm_start": '
-                                     f'{{"model.init_from": "{weights}"}}}}), product(variants('
-                                     '{"reference": {}}), values("seed", [0]))))')
+                                     f'{{"model.init_from": "{weights}", "total_steps": 2}}}}), '
+                                     'product(variants({"reference": {}}), values("seed", [0]))))')
   cmd = [sys.executable, "-m", "rankclip_jax.sweep", f"--config={CONFIG}",
          f"--sweep={sweep_file}", f"--workdir={workdir}"] + cli_runs.train_cmd("x")[4:] + [
              "--config.checkpoint.every_steps=5"]
@@ -357,7 +357,7 @@ def test_a_sweep_interrupted_and_run_again_skips_resumes_and_retries(tmp_path, u
   assert "[2/3] warm_start: started (attempt 2; the last one's log kept as log.1.txt)" in out, out
   assert "[2/3] warm_start: done in" in out
   assert "Error: config.model.init_from" in (workdir / "warm_start" / "log.1.txt").read_text()
-  assert "Starting step 0/30" in (workdir / "warm_start" / "log.txt").read_text()
+  assert "Starting step 0/2" in (workdir / "warm_start" / "log.txt").read_text()
   assert f"[3/3] reference,seed=0: resuming from step {stopped_at} (attempt 2;" in out, out
   assert "[3/3] reference,seed=0: done in" in out and "ETA 0m00s" in out
   assert "2 of 3 runs to go, 2 at a time" in out

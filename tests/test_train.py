@@ -53,10 +53,11 @@ def fixed_batch(trainer, seed=123):
   return trainer.global_batch(next(it))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loss_goes_down_on_8_device_mesh(dtype):
-  # bfloat16: compute in bf16, parameters and optimizer state in float32.
-  c = micro_config(total_steps=40, **{"loss.weight_schedule": "constant", "model.dtype": dtype})
+def test_loss_goes_down_on_8_device_mesh_in_bfloat16():
+  # Compute in bf16, parameters and optimizer state in float32. (Learning in float32, the default,
+  # is asserted on the demo's run in tests/test_accelerator_check.py and by the PC-CLIP fine-tune.)
+  c = micro_config(total_steps=40, **{"loss.weight_schedule": "constant",
+                                      "model.dtype": "bfloat16"})
   trainer = train.Trainer(c)
   assert trainer.mesh.size == 8
   state = trainer.init()
