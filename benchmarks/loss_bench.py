@@ -100,16 +100,17 @@ def measure(loss_fn, n, d, repeats):
   return statistics.median(times), scratch
 
 
-def model_step_seconds(size: str, n: int, repeats: int, dtype: str) -> float:
+def model_step_seconds(size: str, n: int, repeats: int, dtype: str,
+                       image_size: int = 224) -> float:
   """Median time of one forward+backward+AdamW step of the CLIP loss with towers `size` at batch N
-  on one device (224 px, context 77): the denominator of 'ranking terms / training step'."""
+  on one device (image_size px, context 77): the denominator of 'ranking terms / training step'."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from rankclip_jax.models import build_model  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(dict(size=size, act="gelu", pool="cls", stem="patch",
                                        remat=False, dtype=dtype, init_scale=SCALE, init_bias=0.0))
   model = build_model(cfg, context_length=77)
-  images = jnp.zeros((n, 224, 224, 3), jnp.float32)
+  images = jnp.zeros((n, image_size, image_size, 3), jnp.float32)
   tokens = jnp.ones((n, 77), jnp.int32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1], tokens[:1])["params"]
   tx = optax.adamw(1e-4)
@@ -145,6 +146,8 @@ def main():
   parser.add_argument("--model_step", default="", help="also time a training step of this model "
                       "size (e.g. B/32) at each N, and report ranking terms / step")
   parser.add_argument("--model_dtype", default="bfloat16")
+  parser.add_argument("--model_image_size", type=int, default=224,
+                      help="the model step's image resolution (224: what the towers train at)")
   parser.add_argument("--compile_only", action="store_true",
                       help="print each configuration's scratch memory without running it")
   args = parser.parse_args()
@@ -185,7 +188,8 @@ def main():
       mib = f"{scratch / 2**20:.1f}" if scratch is not None else "n/a"
       print(f"| {n} | {name} | {seconds * 1e3:.2f} | {mib} | {ratio} |", flush=True)
     if args.model_step and not args.compile_only:
-      step = model_step_seconds(args.model_step, n, args.repeats, args.model_dtype)
+      step = model_step_seconds(args.model_step, n, args.repeats, args.model_dtype,
+                                args.model_image_size)
       terms, _ = measure(make_loss("rankclip", chunk=None, mesh=None), n, args.dim, args.repeats)
       clip_only, _ = measure(make_loss("clip", chunk=None, mesh=None), n, args.dim, args.repeats)
       if terms is not None:

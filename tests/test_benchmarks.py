@@ -15,7 +15,8 @@ def test_loss_bench_runs_on_cpu_with_every_strategy():
   env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.loss_bench", "--sizes", "64", "--dim", "16",
-       "--chunk", "16", "--repeats", "1", "--model_step", "micro", "--model_dtype", "float32"],
+       "--chunk", "16", "--repeats", "1", "--model_step", "micro", "--model_dtype", "float32",
+       "--model_image_size", "32"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()

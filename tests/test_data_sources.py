@@ -324,18 +324,6 @@ def _logged_skips(workdir):
           for k in SKIP_KINDS}
 
 
-def test_training_from_csv_counts_skips_in_metrics_and_checkpoint(tmp_path):
-  from rankclip_jax import train
-  src, kinds = _make("csv", tmp_path)
-  config = _real_data_config("csv", src.files[0])
-  train.train_and_evaluate(config, str(tmp_path / "run"))
-  step, state = _final_state(config, str(tmp_path / "run"))
-  assert step == 4
-  expected = _expected_skips(kinds, len(src), seed=config.seed, good_wanted=4 * 16)
-  assert records.skip_counts(state.data_skipped) == expected
-  assert _logged_skips(str(tmp_path / "run")) == expected
-
-
 def _mixed_tar_corpus(tmp_path):
   """Three good shards plus four damaged ones (data_fixtures.damaged_shards: not a tar, cut at a
   header boundary, a negative size, a pax record of length 0) in one directory: the source, the

@@ -146,7 +146,8 @@ def test_two_processes_count_every_skipped_example_of_a_csv(tmp_path):
   """A CSV with missing, corrupt, truncated and empty-caption rows, read by two processes (process
   p of 2 takes examples p, p + 2, ... of the shuffled epoch): the skip counts in the train state
   and in TensorBoard are the sum over both processes of the bad rows each met, derived here from
-  grain's epoch order independently of the pipeline."""
+  grain's epoch order independently of the pipeline. (A single process counts with the same code,
+  its share being the whole order; test_alip.py trains from a CSV in one process.)"""
   from rankclip_jax.data import records
   from rankclip_jax.data.records import SKIP_KINDS
   from tests.test_data_sources import _expected_skips, _final_state, _make, _real_data_config
