@@ -56,7 +56,8 @@ def fixed_batch(trainer, seed=123):
 def test_loss_goes_down_on_8_device_mesh_in_bfloat16():
   # Compute in bf16, parameters and optimizer state in float32. (Learning in float32, the default,
   # is asserted on the demo's run in tests/test_accelerator_check.py and by the PC-CLIP fine-tune.)
-  c = micro_config(total_steps=40, **{"loss.weight_schedule": "constant",
+  # 20 steps: the loss on the fixed batch falls by 0.43 (measured; 0.2 asserted).
+  c = micro_config(total_steps=20, **{"loss.weight_schedule": "constant",
                                       "model.dtype": "bfloat16"})
   trainer = train.Trainer(c)
   assert trainer.mesh.size == 8
@@ -76,7 +77,7 @@ def test_loss_goes_down_on_8_device_mesh_in_bfloat16():
     jax.block_until_ready(metrics)
     if i == 0:
       before = float(metrics["loss"])
-  assert int(state.step) == 40
+  assert int(state.step) == 20
   # The ranking terms are part of the objective and were computed.
   assert float(metrics["cross_rank_loss"]) > 0 and float(metrics["inmodal_rank_loss"]) > 0
   after = float(trainer.train_step(state, batch)[1]["loss"])
